@@ -1,0 +1,72 @@
+"""The credit: block: defaults, validation, and composition of verl_credit.main_ppo's hydra config."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+
+import verl_credit.main_ppo  # noqa: F401  (registers the credit schema with hydra)
+from verl_credit import CreditConfig
+from verl_credit.integration.trainer import validate_run_config
+
+
+@pytest.fixture(scope="module")
+def composer():
+    with initialize_config_module("verl_credit.conf", version_base=None):
+        yield lambda *overrides: compose("credit_trainer", overrides=list(overrides))
+
+
+def test_defaults_are_declared_once():
+    cfg = CreditConfig()
+    assert cfg.correct_threshold == 0.0 and cfg.ktae.alpha == 1.0 and cfg.ktae.tf_eps == 1e-5
+    assert cfg.ktae.ignore_token_ids is None and cfg.estimator_kwargs == {}
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"ktae": {"alpah": 1}}, "credit.ktae.alpah"),
+        ({"correct_treshold": 0}, "credit.correct_treshold"),
+        ({"epsilon": 0}, "credit.epsilon"),
+        ({"ktae": {"tf_b": 3}}, "credit.ktae.tf_b"),
+        ({"import_modules": ["not a module"]}, "credit.import_modules"),
+    ],
+)
+def test_from_dict_names_bad_keys(values, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        CreditConfig.from_dict(values)
+
+
+def test_composed_config_selects_plugin_trainer(composer):
+    cfg = composer("algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=8", "credit.ktae.top=0.5")
+    assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "credit"
+    assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size  # verl's own defaults are all there
+    credit = validate_run_config(cfg)
+    assert credit.ktae.top == 0.5 and credit.ktae.alpha == 1.0
+
+
+@pytest.mark.parametrize("override", ["credit.ktae.alpah=1", "credit.ktae.alpha=abc", "credit.unknown=1"])
+def test_unknown_keys_and_wrong_types_fail_at_composition(composer, override):
+    with pytest.raises(ConfigCompositionException, match=override.split("=")[0].replace(".", r"\.")):
+        composer(override)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=1"], "rollout.n must be >= 2"),
+        (
+            ["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "trainer.v1.trainer_mode=sync"],
+            "trainer_mode=credit",
+        ),
+        (["algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=4", "trainer.use_v1=false"], "use_v1"),
+        (["credit.ktae.alpha=-1"], r"credit\.ktae\.alpha"),
+        (["credit.import_modules=[no_such_module_xyz]"], "cannot import 'no_such_module_xyz'"),
+    ],
+)
+def test_start_up_checks(composer, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate_run_config(composer(*overrides))
+
+
+def test_stock_estimator_needs_nothing_from_the_plugin(composer):
+    validate_run_config(composer("algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=1"))

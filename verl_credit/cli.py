@@ -1,0 +1,99 @@
+"""``verl-credit``: the plugin's command line.
+
+verl-credit doctor [--json]   check, in a fresh Python process, that verl loads the plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+# Runs in a fresh interpreter: verl must be imported first, exactly as a training process does.
+_PROBE = r"""
+import json, sys
+report = {"errors": []}
+try:
+    import verl
+    report["verl_version"] = verl.__version__
+except Exception as err:
+    print(json.dumps({"errors": [f"cannot import verl: {err!r}"]})); sys.exit(0)
+report["plugin_loaded_by_entry_point"] = "verl_credit.plugin" in sys.modules
+from importlib.metadata import entry_points
+report["entry_points"] = sorted(f"{ep.name} = {ep.value}" for ep in entry_points(group="verl.plugins"))
+try:
+    from verl.trainer.ppo import core_algos
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+    report["trainer_modes"] = sorted(TRAINER_REGISTRY)
+    import verl_credit
+    report["plugin_estimators"] = verl_credit.list_estimators()
+    report["stubs_in_verl_registry"] = sorted(
+        n for n, fn in core_algos.ADV_ESTIMATOR_REGISTRY.items() if getattr(fn, "verl_credit_estimator", None)
+    )
+    report["verl_credit_version"] = verl_credit.__version__
+except Exception as err:
+    report["errors"].append(f"importing verl's V1 trainer failed: {err!r}")
+print(json.dumps(report))
+"""
+
+
+def _diagnose(report: dict) -> list[str]:
+    problems = list(report.get("errors", []))
+    if "verl_version" in report:
+        major_minor = tuple(int(p) for p in report["verl_version"].split(".")[:2] if p.isdigit())
+        if major_minor != (0, 9):
+            problems.append(f"verl {report['verl_version']} is installed; verl_credit supports verl >=0.9.1,<0.10")
+    if report.get("entry_points") is not None and not any("verl_credit" in e for e in report["entry_points"]):
+        problems.append("no 'verl.plugins' entry point for verl_credit: reinstall with `pip install -e .`")
+    if report.get("plugin_loaded_by_entry_point") is False:
+        problems.append(
+            "`import verl` did not load verl_credit.plugin (VERL_USE_EXTERNAL_PLUGINS=none? "
+            "run `python -c 'import verl_credit.plugin'` to see the error)"
+        )
+    if "trainer_modes" in report and "credit" not in report["trainer_modes"]:
+        problems.append("trainer mode 'credit' is not registered in verl's V1 trainer registry")
+    missing = sorted(set(report.get("plugin_estimators", [])) - set(report.get("stubs_in_verl_registry", [])))
+    if missing:
+        problems.append(f"estimators not registered in verl's register_adv_est: {', '.join(missing)}")
+    return problems
+
+
+def doctor(as_json: bool = False) -> int:
+    """Print the probe's report; return 0 when the plugin is fully wired into verl, else 1."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        print(f"verl-credit doctor: the probe process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        return 1
+    report = json.loads(lines[-1])
+    problems = _diagnose(report)
+    report["problems"] = problems
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"verl               {report.get('verl_version', 'not importable')}")
+        print(f"verl_credit        {report.get('verl_credit_version', '?')}")
+        print(f"plugin loaded      {report.get('plugin_loaded_by_entry_point')} (entry point group verl.plugins)")
+        print(f"estimators         {', '.join(report.get('plugin_estimators', [])) or '-'}")
+        print(f"in verl registry   {', '.join(report.get('stubs_in_verl_registry', [])) or '-'}")
+        print(f"trainer modes      {', '.join(report.get('trainer_modes', [])) or '-'}")
+        print("status             " + ("OK" if not problems else "PROBLEMS"))
+        for problem in problems:
+            print(f"  - {problem}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="verl-credit", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_doc = sub.add_parser("doctor", help="check that verl loads the plugin (fresh process)")
+    p_doc.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor(as_json=args.json)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hydra configs of verl_credit (``credit_trainer.yaml``)."""

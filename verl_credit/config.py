@@ -1,0 +1,87 @@
+"""The ``credit:`` block of the trainer config: schema, defaults and validation, declared once.
+
+The dataclasses below are the schema hydra composes (``verl_credit.main_ppo`` registers
+:class:`CreditConfig` in hydra's ConfigStore), so an unknown key such as ``credit.ktae.alpah=2``
+or a value of the wrong type fails at composition with the full key named. Range checks live in
+``__post_init__`` and run when the trainer (or ``CreditConfig.from_dict``) builds the object.
+
+    credit:
+      correct_threshold: 0.0     # a rollout is "correct" when its outcome reward > this
+      epsilon: 1.0e-6            # added to the group std in the outcome advantage (verl's value)
+      ktae: {...}                # KTAE options, see verl_credit.core.ktae.KTAEParams
+      estimator_kwargs: {}       # free-form options handed to user-registered estimators
+      import_modules: []         # modules imported before the run (they register estimators)
+
+Options that verl already has are read from verl, not repeated here:
+``algorithm.adv_estimator`` selects the estimator, ``algorithm.norm_adv_by_std_in_grpo`` chooses
+GRPO (z-score) or Dr.GRPO (centring) for the outcome advantage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from verl_credit.core.ktae import KTAEParams
+
+__all__ = ["CreditConfig", "KTAEParams"]
+
+
+@dataclass
+class CreditConfig:
+    """Schema of the ``credit:`` block.
+
+    Attributes:
+        correct_threshold: a rollout counts as correct when its outcome reward is > this.
+            Default 0.0 (binary 0/1 rewards; use e.g. 0.5 for rewards in [0, 1]).
+        epsilon: added to the group std of the outcome advantage. Default 1e-6, as verl.
+        ktae: KTAE options (``algorithm.adv_estimator=ktae``).
+        estimator_kwargs: options for estimators registered by users, passed unchanged in
+            ``EstimatorContext.config.estimator_kwargs``. Default {}.
+        import_modules: dotted module names imported in every process that builds the trainer
+            (the driver and verl's TaskRunner actor), so that estimators a user registers in
+            their own module exist there. Default [].
+    """
+
+    correct_threshold: float = 0.0
+    epsilon: float = 1e-6
+    ktae: KTAEParams = field(default_factory=KTAEParams)
+    estimator_kwargs: dict[str, Any] = field(default_factory=dict)
+    import_modules: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not (isinstance(self.correct_threshold, int | float) and math.isfinite(self.correct_threshold)):
+            raise ValueError(f"credit.correct_threshold must be a finite number, got {self.correct_threshold!r}")
+        if not (isinstance(self.epsilon, int | float) and self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise ValueError(f"credit.epsilon must be a finite number > 0, got {self.epsilon!r}")
+        for module in self.import_modules:
+            if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
+                raise ValueError(f"credit.import_modules entries must be dotted module names, got {module!r}")
+        if isinstance(self.ktae, dict):
+            self.ktae = _build(KTAEParams, self.ktae, "credit.ktae")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> CreditConfig:
+        """Build and validate from a plain dict (e.g. ``OmegaConf.to_container(cfg.credit)``).
+
+        Raises ValueError naming the full key (``credit.ktae.alpah``) for unknown keys.
+        """
+        return _build(cls, dict(values or {}), "credit")
+
+
+def _build(cls, values: dict[str, Any], prefix: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix} must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config key {prefix}.{unknown[0]}; valid keys under {prefix}: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        sub = {"ktae": KTAEParams}.get(name) if cls is CreditConfig else None
+        kwargs[name] = _build(sub, value, f"{prefix}.{name}") if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)

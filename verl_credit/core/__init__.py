@@ -1,0 +1,7 @@
+"""Pure torch maths of verl_credit: no verl imports, plain tensors in and out.
+
+Modules:
+    groups  -- rollout groups from uids, group-relative outcome advantage (GRPO / Dr.GRPO).
+    fisher  -- two-sided Fisher exact test on batches of 2x2 tables.
+    ktae    -- key-token advantage estimation (KTAE), vectorised and a loop reference.
+"""
