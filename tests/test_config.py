@@ -70,3 +70,25 @@ def test_start_up_checks(composer, overrides, message):
 
 def test_stock_estimator_needs_nothing_from_the_plugin(composer):
     validate_run_config(composer("algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=1"))
+
+
+def _main_ppo(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "verl_credit.main_ppo", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_main_ppo_module_composes_its_config():
+    proc = _main_ppo("algorithm.adv_estimator=ktae", "credit.ktae.top=0.25", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trainer_mode: credit" in proc.stdout and "top: 0.25" in proc.stdout
+
+
+def test_main_ppo_rejects_a_contradictory_config_before_ray_starts():
+    proc = _main_ppo("algorithm.adv_estimator=ktae", "actor_rollout_ref.rollout.n=1")
+    assert proc.returncode == 1
+    assert "actor_rollout_ref.rollout.n must be >= 2, got 1" in proc.stderr
+    assert "ray init kwargs" not in proc.stdout  # verl's run_ppo prints this when it starts Ray

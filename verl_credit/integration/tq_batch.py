@@ -43,6 +43,17 @@ def compute_plugin_advantage(
     _check_single_output_sessions(batch.keys)
     fields = list(dict.fromkeys([*STOCK_FIELDS, "responses", *estimator.fields]))
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+    # TransferQueue answers an empty batch (with only a warning) when some rows lack a field
+    if data.batch_size[0] != len(batch.keys):
+        raise ValueError(
+            f"TransferQueue returned {data.batch_size[0]} of {len(batch.keys)} rows for fields {fields}: "
+            "some rows lack one of them"
+        )
+    missing = [f for f in ("responses", "response_mask", "rm_scores", *estimator.fields) if f not in data.keys()]
+    if missing:
+        raise ValueError(
+            f"estimator {estimator.name!r} needs batch field {missing[0]!r}, which this run does not produce"
+        )
     nested_mask = data["response_mask"]
     data = DataProto(batch=data.to_padded_tensor())
     if "uid" not in data.batch.keys():
