@@ -48,6 +48,7 @@ class CreditConfig:
     correct_threshold: float = 0.0
     epsilon: float = 1e-6
     ktae: KTAEParams = field(default_factory=KTAEParams)
+    # feature sections: each declared in its own module, one field here
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     import_modules: list[str] = field(default_factory=list)
 
@@ -59,8 +60,10 @@ class CreditConfig:
         for module in self.import_modules:
             if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
                 raise ValueError(f"credit.import_modules entries must be dotted module names, got {module!r}")
-        if isinstance(self.ktae, dict):
-            self.ktae = _build(KTAEParams, self.ktae, "credit.ktae")
+        for f in dataclasses.fields(self):
+            section, value = _section_type(f), getattr(self, f.name)
+            if section is not None and isinstance(value, dict):
+                setattr(self, f.name, _build(section, value, f"credit.{f.name}"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> CreditConfig:
@@ -72,6 +75,7 @@ class CreditConfig:
 
 
 def _build(cls, values: dict[str, Any], prefix: str):
+    """Instantiate dataclass ``cls`` from ``values``, recursing into nested dataclass sections."""
     if not isinstance(values, dict):
         raise ValueError(f"{prefix} must be a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -82,6 +86,12 @@ def _build(cls, values: dict[str, Any], prefix: str):
         )
     kwargs = {}
     for name, value in values.items():
-        sub = {"ktae": KTAEParams}.get(name) if cls is CreditConfig else None
-        kwargs[name] = _build(sub, value, f"{prefix}.{name}") if sub is not None and isinstance(value, dict) else value
+        section = _section_type(known[name])
+        kwargs[name] = _build(section, value, f"{prefix}.{name}") if section and isinstance(value, dict) else value
     return cls(**kwargs)
+
+
+def _section_type(f: dataclasses.Field):
+    """The dataclass type of a nested section (a field whose default factory builds a dataclass)."""
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None

@@ -1,8 +1,10 @@
 """``CreditPPOTrainer``: verl's V1 sync trainer that runs verl_credit estimators.
 
 Registered as trainer mode ``credit`` (``trainer.v1.trainer_mode=credit``; ``verl_credit.main_ppo``
-sets it). It overrides only ``_compute_advantage``: a plugin estimator name is computed by
-:func:`compute_plugin_advantage`; any other name (gae, grpo, ...) goes to verl unchanged.
+sets it). Each feature is a mixin in its own module that overrides one verl method and calls
+``super()``; the class below only lists them. ``PluginAdvantageMixin`` comes last: a plugin
+estimator name is computed by :func:`compute_plugin_advantage`, any other name (gae, grpo, ...)
+goes to verl unchanged.
 
 Start-up checks (:func:`validate_run_config`, also run by ``verl_credit.main_ppo`` before Ray):
     - the ``credit`` block is valid (unknown keys and bad values named);
@@ -63,15 +65,8 @@ def validate_run_config(config) -> CreditConfig:
     return credit
 
 
-class CreditPPOTrainer(PPOTrainerSync):
-    """verl's sync trainer plus verl_credit estimators (see the module docstring)."""
-
-    def __init__(self, config):
-        self.credit_config = validate_run_config(config)
-        with open_dict(config):  # verl tests `trainer_mode == "sync"` by name in several places
-            config.trainer.v1.trainer_mode = "sync"
-        super().__init__(config)
-        register_estimator_stubs()  # names registered after verl's core_algos was imported
+class PluginAdvantageMixin:
+    """``_compute_advantage``: plugin estimators here, everything else to verl."""
 
     def _credit_context(self) -> EstimatorContext:
         tokenizer = getattr(self, "tokenizer", None)
@@ -95,6 +90,17 @@ class CreditPPOTrainer(PPOTrainerSync):
             metrics,
             kl_ctrl=getattr(self, "kl_ctrl_in_reward", None),
         )
+
+
+class CreditPPOTrainer(PluginAdvantageMixin, PPOTrainerSync):
+    """verl's sync trainer plus verl_credit's features (see the module docstring)."""
+
+    def __init__(self, config):
+        self.credit_config = validate_run_config(config)
+        with open_dict(config):  # verl tests `trainer_mode == "sync"` by name in several places
+            config.trainer.v1.trainer_mode = "sync"
+        super().__init__(config)
+        register_estimator_stubs()  # names registered after verl's core_algos was imported
 
 
 def register_trainer_mode() -> None:
