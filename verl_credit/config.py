@@ -9,6 +9,7 @@ or a value of the wrong type fails at composition with the full key named. Range
       correct_threshold: 0.0     # a rollout is "correct" when its outcome reward > this
       epsilon: 1.0e-6            # added to the group std in the outcome advantage (verl's value)
       ktae: {...}                # KTAE options, see verl_credit.core.ktae.KTAEParams
+      length_reward: {...}       # Bingo length reward, see verl_credit.core.length_reward.LengthRewardConfig
       estimator_kwargs: {}       # free-form options handed to user-registered estimators
       import_modules: []         # modules imported before the run (they register estimators)
 
@@ -24,9 +25,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from verl_credit.core.batching import BatchingConfig, DiagnosticsConfig
 from verl_credit.core.ktae import KTAEParams
+from verl_credit.core.length_reward import LengthRewardConfig
+from verl_credit.core.variance import VarianceParams
+from verl_credit.scoring import CounterfactualConfig
 
-__all__ = ["CreditConfig", "KTAEParams"]
+__all__ = ["CreditConfig", "KTAEParams", "LengthRewardConfig"]
 
 
 @dataclass
@@ -38,6 +43,18 @@ class CreditConfig:
             Default 0.0 (binary 0/1 rewards; use e.g. 0.5 for rewards in [0, 1]).
         epsilon: added to the group std of the outcome advantage. Default 1e-6, as verl.
         ktae: KTAE options (``algorithm.adv_estimator=ktae``).
+        length_reward: significance-aware length reward (Bingo), see
+            ``verl_credit.core.length_reward.LengthRewardConfig``; off by default.
+        token_weighting: "none" or "counterfactual": multiply the advantages of any base
+            estimator (grpo or a plugin estimator) by counterfactual token weights. Default "none".
+            ``algorithm.adv_estimator=counterfactual`` is grpo with this weighting.
+        counterfactual: spans, weights and scoring of the counterfactual stage
+            (``verl_credit.scoring.CounterfactualConfig``).
+        batching: query-preserved mini-batches and the reward-balanced buffer
+            (``verl_credit.core.batching.BatchingConfig``); both off by default.
+        diagnostics: optional diagnostics, e.g. token flipping
+            (``verl_credit.core.batching.DiagnosticsConfig``); off by default.
+        variance: the variance-weighted reward (``verl_credit.core.variance.VarianceParams``).
         estimator_kwargs: options for estimators registered by users, passed unchanged in
             ``EstimatorContext.config.estimator_kwargs``. Default {}.
         import_modules: dotted module names imported in every process that builds the trainer
@@ -49,6 +66,12 @@ class CreditConfig:
     epsilon: float = 1e-6
     ktae: KTAEParams = field(default_factory=KTAEParams)
     # feature sections: each declared in its own module, one field here
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    length_reward: LengthRewardConfig = field(default_factory=LengthRewardConfig)
+    token_weighting: str = "none"
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    variance: VarianceParams = field(default_factory=VarianceParams)
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     import_modules: list[str] = field(default_factory=list)
 
@@ -57,6 +80,8 @@ class CreditConfig:
             raise ValueError(f"credit.correct_threshold must be a finite number, got {self.correct_threshold!r}")
         if not (isinstance(self.epsilon, int | float) and self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise ValueError(f"credit.epsilon must be a finite number > 0, got {self.epsilon!r}")
+        if self.token_weighting not in ("none", "counterfactual"):
+            raise ValueError(f"credit.token_weighting must be 'none' or 'counterfactual', got {self.token_weighting!r}")
         for module in self.import_modules:
             if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
                 raise ValueError(f"credit.import_modules entries must be dotted module names, got {module!r}")

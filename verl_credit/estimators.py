@@ -7,9 +7,29 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
+from verl_credit.core.groups import group_outcome_advantage
 from verl_credit.core.ktae import ktae_advantages
-from verl_credit.registry import register_estimator
+from verl_credit.core.variance import r3_rewards
+from verl_credit.registry import EstimatorSpec, register_estimator
+
+
+def grpo_outcome(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
+    """GRPO / Dr.GRPO outcome advantage at every valid token (same numbers as verl's grpo)."""
+    z = group_outcome_advantage(batch.scores, batch.groups, ctx.norm_adv_by_std, ctx.config.epsilon)
+    return CreditOutput(advantages=z.unsqueeze(1) * batch.response_mask.float())
+
+
+GRPO_SPEC = EstimatorSpec(name="grpo", fn=grpo_outcome, description="verl's GRPO outcome advantage")
+REFERENCE_FIELDS = ("credit_ref_logprobs", "credit_ref_mask")
+
+
+@register_estimator("counterfactual")
+def counterfactual(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
+    """Counterfactual importance weighting over GRPO (arXiv 2602.09331); weights applied by the trainer."""
+    return grpo_outcome(batch, ctx)
 
 
 @register_estimator("ktae")
@@ -43,3 +63,42 @@ def ktae(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
         metrics=metrics,
         diagnostics={"key_token_values": res.key_token_values, "outcome_advantage": res.outcome_advantage},
     )
+
+
+@register_estimator("variance_weighted", stage=("reference",))
+def variance_weighted(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
+    """DRO's R3: reasoning-reflective reference tokens weight a reward added before GRPO (arXiv 2506.13351)."""
+    missing = [f for f in REFERENCE_FIELDS if f not in batch.fields]
+    if missing:
+        raise ValueError(f"variance_weighted needs field {missing[0]!r} from the scoring stage")
+    logprobs, mask = batch.fields["credit_ref_logprobs"].float(), batch.fields["credit_ref_mask"].long()
+    res = r3_rewards(logprobs, mask, batch.scores, batch.groups, ctx.config.variance)
+    z = group_outcome_advantage(res.shaped.double(), batch.groups, ctx.norm_adv_by_std, ctx.config.epsilon)
+    return CreditOutput(
+        advantages=z.unsqueeze(1) * batch.response_mask.float(),
+        metrics=_variance_metrics(res, batch, ctx.config.correct_threshold),
+        diagnostics={"r3": res.r3, "shaped_reward": res.shaped, "reference_weights": res.weights, "sigma": res.sigma},
+    )
+
+
+def _variance_metrics(res, batch: CreditBatch, threshold: float) -> dict[str, float]:
+    """Mean sigma, share of reference tokens holding 80% of the weight, R3 spread where rewards are all equal."""
+    g = batch.groups.group
+    real = g >= 0
+    contrast = res.contrast
+    metrics = {"variance/groups_with_contrast/fraction": float(contrast.float().mean()) if contrast.numel() else 0.0}
+    if contrast.any():
+        w, sigma = res.weights[contrast], res.sigma[contrast]
+        ref_len = (sigma > 0).sum(1).clamp_min(1)
+        sorted_w = w.sort(dim=1, descending=True).values
+        share = sorted_w.cumsum(1) / sorted_w.sum(1, keepdim=True).clamp_min(1e-12)
+        needed = (share < 0.8).sum(1) + 1
+        metrics["variance/tokens_for_80pct_weight/fraction"] = float((needed / ref_len).clamp(max=1).mean())
+        metrics["variance/sigma/mean"] = float(sigma.sum() / (sigma > 0).sum().clamp_min(1))
+    correct = (batch.scores > threshold).double()
+    n_correct = torch.zeros(batch.groups.num_groups, dtype=torch.float64).index_add_(0, g[real], correct[real])
+    for name, pick in (("all_correct", n_correct == batch.groups.sizes), ("all_wrong", n_correct == 0)):
+        groups = (pick & contrast).nonzero().flatten()
+        spreads = [float(res.r3[(g == k)].std()) for k in groups.tolist()]  # few groups: loop is fine here
+        metrics[f"variance/r3_spread_{name}/std"] = sum(spreads) / len(spreads) if spreads else 0.0
+    return metrics

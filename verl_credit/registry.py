@@ -34,25 +34,30 @@ __all__ = ["EstimatorSpec", "register_estimator", "get_estimator", "list_estimat
 RESERVED_NAMES = frozenset({"gae", "grpo"})
 # Batch fields the trainer can fetch beyond the ones every estimator gets.
 OPTIONAL_FIELDS = frozenset({"old_log_probs", "ref_log_prob", "prompts", "rollout_log_probs", "values"})
+# Products of the extra forward stage an estimator can ask for (see integration/scoring_stage.py).
+STAGE_PRODUCTS = frozenset({"counterfactual", "reference"})
 
 EstimatorFn = Callable[[CreditBatch, EstimatorContext], CreditOutput]
 
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A registered estimator: its name, function, the optional batch fields it needs
-    (subset of ``OPTIONAL_FIELDS``) and a one-line description for ``verl-credit doctor``."""
+    """A registered estimator: its name, function, the optional batch fields it needs (subset of
+    ``OPTIONAL_FIELDS``), the stage products it needs (subset of ``STAGE_PRODUCTS``: the trainer
+    runs the extra forward stage and hands their fields over in ``batch.fields``) and a one-line
+    description for ``verl-credit doctor``."""
 
     name: str
     fn: EstimatorFn
     fields: tuple[str, ...] = ()
     description: str = ""
+    stage: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, EstimatorSpec] = {}
 
 
-def register_estimator(name: str, fields: tuple[str, ...] = (), description: str = ""):
+def register_estimator(name: str, fields: tuple[str, ...] = (), description: str = "", stage: tuple[str, ...] = ()):
     """Register ``fn(batch, ctx) -> CreditOutput`` under ``name`` (refuses a duplicate name)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"estimator name must be an identifier-like string, got {name!r}")
@@ -61,6 +66,11 @@ def register_estimator(name: str, fields: tuple[str, ...] = (), description: str
     unknown = sorted(set(fields) - OPTIONAL_FIELDS)
     if unknown:
         raise ValueError(f"estimator {name!r} asks for unknown field {unknown[0]!r}; known: {sorted(OPTIONAL_FIELDS)}")
+    unknown = sorted(set(stage) - STAGE_PRODUCTS)
+    if unknown:
+        raise ValueError(
+            f"estimator {name!r} asks for unknown stage product {unknown[0]!r}; known: {sorted(STAGE_PRODUCTS)}"
+        )
 
     def decorator(fn: EstimatorFn) -> EstimatorFn:
         existing = _REGISTRY.get(name)
@@ -69,7 +79,7 @@ def register_estimator(name: str, fields: tuple[str, ...] = (), description: str
                 f"estimator {name!r} is already registered to {existing.fn.__module__}.{existing.fn.__name__}"
             )
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = EstimatorSpec(name=name, fn=fn, fields=tuple(fields), description=doc)
+        _REGISTRY[name] = EstimatorSpec(name=name, fn=fn, fields=tuple(fields), description=doc, stage=tuple(stage))
         return fn
 
     return decorator
@@ -92,10 +102,12 @@ def list_estimators() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def compute_advantages(name: str, batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
-    """Run estimator ``name`` and check its output: shape (B, T), finite; masked positions and
-    padding rows are set to 0; ``returns`` defaults to the advantages."""
-    out = get_estimator(name).fn(batch, ctx)
+def compute_advantages(estimator: str | EstimatorSpec, batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
+    """Run an estimator (registered name or spec) and check its output: shape (B, T), finite;
+    masked positions and padding rows are set to 0; ``returns`` defaults to the advantages."""
+    spec = estimator if isinstance(estimator, EstimatorSpec) else get_estimator(estimator)
+    name = spec.name
+    out = spec.fn(batch, ctx)
     if not isinstance(out, CreditOutput):
         raise TypeError(f"estimator {name!r} returned {type(out).__name__}, expected verl_credit.CreditOutput")
     keep = batch.response_mask.to(torch.float32) * (~batch.groups.is_padding).unsqueeze(1)

@@ -4,4 +4,6 @@ Modules:
     groups  -- rollout groups from uids, group-relative outcome advantage (GRPO / Dr.GRPO).
     fisher  -- two-sided Fisher exact test on batches of 2x2 tables.
     ktae    -- key-token advantage estimation (KTAE), vectorised and a loop reference.
+    batching -- cancellation-preserving batching: group packing, reward-balanced pool, token flips.
+    length_reward -- Bingo's significance-aware length reward: scorers, shaping, lambda_dyn schedule.
 """

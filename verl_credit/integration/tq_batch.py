@@ -19,7 +19,10 @@ from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_
 from verl.workers.utils.padding import response_to_nested
 
 from verl_credit.batch import CreditBatch, EstimatorContext
+from verl_credit.estimators import REFERENCE_FIELDS
 from verl_credit.registry import EstimatorSpec, compute_advantages
+from verl_credit.scoring import CounterfactualConfig
+from verl_credit.weighting import STAGE_FIELDS, apply_counterfactual_weights
 
 STOCK_FIELDS = ("uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values")
 
@@ -36,12 +39,22 @@ def _check_single_output_sessions(keys: list[str]) -> None:
 
 
 def compute_plugin_advantage(
-    config, batch: KVBatchMeta, estimator: EstimatorSpec, ctx: EstimatorContext, metrics: dict, kl_ctrl=None
+    config,
+    batch: KVBatchMeta,
+    estimator: EstimatorSpec,
+    ctx: EstimatorContext,
+    metrics: dict,
+    kl_ctrl=None,
+    weighting: CounterfactualConfig | None = None,
 ) -> KVBatchMeta:
-    """Fetch, estimate, write back. ``config`` is the full trainer config (reads ``algorithm``);
-    ``kl_ctrl`` is the trainer's KL controller when ``algorithm.use_kl_in_reward`` is on."""
+    """Fetch, estimate, (weight,) write back. ``config`` is the full trainer config (reads
+    ``algorithm``); ``kl_ctrl`` is the trainer's KL controller when ``algorithm.use_kl_in_reward``
+    is on; ``weighting`` applies counterfactual token weights to the estimator's advantages."""
     _check_single_output_sessions(batch.keys)
-    fields = list(dict.fromkeys([*STOCK_FIELDS, "responses", *estimator.fields]))
+    stage_fields = STAGE_FIELDS if weighting is not None and weighting.mode != "uniform" else ()
+    if "reference" in estimator.stage:
+        stage_fields = (*stage_fields, *REFERENCE_FIELDS)
+    fields = list(dict.fromkeys([*STOCK_FIELDS, "responses", *estimator.fields, *stage_fields]))
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
     # TransferQueue answers an empty batch (with only a warning) when some rows lack a field
     if data.batch_size[0] != len(batch.keys):
@@ -49,12 +62,14 @@ def compute_plugin_advantage(
             f"TransferQueue returned {data.batch_size[0]} of {len(batch.keys)} rows for fields {fields}: "
             "some rows lack one of them"
         )
-    missing = [f for f in ("responses", "response_mask", "rm_scores", *estimator.fields) if f not in data.keys()]
+    needed = ("responses", "response_mask", "rm_scores", *estimator.fields, *stage_fields)
+    missing = [f for f in needed if f not in data.keys()]
     if missing:
         raise ValueError(
             f"estimator {estimator.name!r} needs batch field {missing[0]!r}, which this run does not produce"
         )
     nested_mask = data["response_mask"]
+    stage = {f: data.pop(f) for f in stage_fields}  # dense per-row tensors, not response-shaped
     data = DataProto(batch=data.to_padded_tensor())
     if "uid" not in data.batch.keys():
         raise ValueError("batch field 'uid' is missing from TransferQueue: every rollout needs its prompt uid")
@@ -82,9 +97,14 @@ def compute_plugin_advantage(
         token_level_rewards=tensors["token_level_rewards"],
         uids=[str(u) for u in data.non_tensor_batch["uid"]],
         old_log_probs=tensors["old_log_probs"] if "old_log_probs" in tensors.keys() else None,
-        fields={f: tensors[f] for f in estimator.fields if f in tensors.keys() and f != "old_log_probs"},
+        fields={
+            **{f: tensors[f] for f in estimator.fields if f in tensors.keys() and f != "old_log_probs"},
+            **{f: v.to_padded_tensor(0) if v.is_nested else v for f, v in stage.items()},  # same shape per row
+        },
     )
-    out = compute_advantages(estimator.name, credit_batch, ctx)
+    out = compute_advantages(estimator, credit_batch, ctx)
+    if weighting is not None:
+        out = apply_counterfactual_weights(out, credit_batch, weighting, ctx.global_step)
     metrics.update({f"credit/{k}": v for k, v in out.metrics.items()})
 
     output = {"advantages": out.advantages, "returns": out.returns}

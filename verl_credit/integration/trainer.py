@@ -23,9 +23,19 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_credit.batch import EstimatorContext
 from verl_credit.config import CreditConfig
+from verl_credit.estimators import GRPO_SPEC
+from verl_credit.integration.batching import QueryPreservedBatchingMixin, check_batching_config
+from verl_credit.integration.buffer import RewardBalancedBufferMixin
+from verl_credit.integration.length_reward import LengthRewardMixin, validate_length_reward_run
+from verl_credit.integration.scoring_stage import ScoringStageMixin
+from verl_credit.integration.token_flip import TokenFlipDiagnosticMixin
 from verl_credit.integration.tq_batch import compute_plugin_advantage
 from verl_credit.integration.verl_registry import TRAINER_MODE, register_estimator_stubs
 from verl_credit.registry import get_estimator, list_estimators
+from verl_credit.weighting import weighting_active
+
+# policy losses that use sequence-level ratios or advantages: token-level credit does not apply
+SEQUENCE_LEVEL_LOSSES = ("gspo", "geo_mean")
 
 __all__ = ["CreditPPOTrainer", "TRAINER_MODE", "credit_config_from", "validate_run_config", "register_trainer_mode"]
 
@@ -46,8 +56,16 @@ def credit_config_from(config) -> CreditConfig:
 def validate_run_config(config) -> CreditConfig:
     """Start-up checks of a full trainer config; returns the validated ``credit`` block."""
     credit = credit_config_from(config)
+    validate_length_reward_run(config, credit)
+    check_batching_config(config, credit)
     name = config.algorithm.adv_estimator
-    if name in list_estimators():
+    weighting = weighting_active(name, credit.token_weighting)
+    if weighting and name != "grpo" and name not in list_estimators():
+        raise ValueError(
+            f"credit.token_weighting=counterfactual works over grpo or a verl_credit estimator, "
+            f"not algorithm.adv_estimator={name}"
+        )
+    if name in list_estimators() or weighting:
         if not config.trainer.get("use_v1", False):
             raise ValueError(f"algorithm.adv_estimator={name} needs the V1 trainer: set trainer.use_v1=true")
         mode = config.trainer.v1.trainer_mode
@@ -61,6 +79,17 @@ def validate_run_config(config) -> CreditConfig:
             raise ValueError(
                 f"algorithm.adv_estimator={name} compares the rollouts of one prompt: "
                 f"actor_rollout_ref.rollout.n must be >= 2, got {n}"
+            )
+        loss_mode = config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla")
+        if loss_mode in SEQUENCE_LEVEL_LOSSES:
+            raise ValueError(
+                f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode} is sequence-level; verl_credit's "
+                "token-level advantages and weights need a token-level loss (e.g. vanilla)"
+            )
+        if weighting and credit.counterfactual.answer_source == "gold":
+            raise ValueError(
+                "credit.counterfactual.answer_source=gold is not wired into the trainer yet (the scoring API "
+                "supports it): use answer_source=own"
             )
     return credit
 
@@ -80,19 +109,33 @@ class PluginAdvantageMixin:
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         name = self.config.algorithm.adv_estimator
-        if name not in list_estimators():
+        weighting = weighting_active(name, self.credit_config.token_weighting)
+        if name in list_estimators():
+            spec = get_estimator(name)
+        elif weighting and name == "grpo":
+            spec = GRPO_SPEC  # verl's grpo numbers, computed here so the weights can be applied
+        else:
             return super()._compute_advantage(batch, metrics)
         return compute_plugin_advantage(
             self.config,
             batch,
-            get_estimator(name),
+            spec,
             self._credit_context(),
             metrics,
             kl_ctrl=getattr(self, "kl_ctrl_in_reward", None),
+            weighting=self.credit_config.counterfactual if weighting else None,
         )
 
 
-class CreditPPOTrainer(PluginAdvantageMixin, PPOTrainerSync):
+class CreditPPOTrainer(
+    QueryPreservedBatchingMixin,
+    RewardBalancedBufferMixin,
+    TokenFlipDiagnosticMixin,
+    LengthRewardMixin,
+    ScoringStageMixin,
+    PluginAdvantageMixin,
+    PPOTrainerSync,
+):
     """verl's sync trainer plus verl_credit's features (see the module docstring)."""
 
     def __init__(self, config):

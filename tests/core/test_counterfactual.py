@@ -1,0 +1,97 @@
+"""Counterfactual weights: importance normalisation, the controls, vectorised vs loop weights."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verl_credit.core.counterfactual import (
+    WeightParams,
+    control_importance,
+    span_importance,
+    token_weights,
+    token_weights_loop,
+)
+
+NAN = math.nan
+
+
+def test_importance_by_hand():
+    # S(r) = -5; masking span 0 drops the answer to -7 (critical), span 1 to -5.5, span 2 raises it (distractor)
+    scores = torch.tensor([[-5.0, -7.0, -5.5, -4.0, NAN]])
+    D, imp = span_importance(scores)
+    assert D[0, :3].tolist() == [-2.0, -0.5, 1.0] and math.isnan(D[0, 3])
+    # I = -D = (2, 0.5, -1): min-max -> (1, 0.5, 0)
+    assert imp[0, :3].tolist() == pytest.approx([1.0, 0.5, 0.0]) and math.isnan(imp[0, 3])
+
+
+def test_all_equal_importances_give_one_half_and_absent_rows_stay_nan():
+    D, imp = span_importance(torch.tensor([[-3.0, -3.0, -3.0], [-1.0, -2.0, NAN], [NAN, NAN, NAN]]))
+    assert imp[0].tolist() == [0.5, 0.5]
+    assert imp[1, 0] == 0.5  # one span: all equal
+    assert torch.isnan(imp[2]).all()
+
+
+def test_controls():
+    imp = torch.tensor([[0.0, 0.25, 1.0, NAN]])
+    same = control_importance(imp, "counterfactual")
+    assert torch.equal(same.nan_to_num(-1.0), imp.nan_to_num(-1.0)) and torch.isnan(same[0, 3])
+    assert control_importance(imp, "inverted")[0, :3].tolist() == [1.0, 0.75, 0.0]
+    r1 = control_importance(imp, "random", torch.Generator().manual_seed(3))
+    r2 = control_importance(imp, "random", torch.Generator().manual_seed(3))
+    r3 = control_importance(imp, "random", torch.Generator().manual_seed(4))
+    assert torch.equal(r1[:, :3], r2[:, :3]) and not torch.equal(r1[:, :3], r3[:, :3])
+    assert ((r1[:, :3] >= 0) & (r1[:, :3] <= 1)).all() and torch.isnan(r1[0, 3])
+    assert torch.isnan(control_importance(imp, "uniform")).all()
+
+
+def test_weights_by_hand():
+    imp = torch.tensor([[1.0, 0.0, NAN]])
+    spans = torch.tensor([[[0, 2], [3, 5], [-1, -1]]])
+    answer = torch.tensor([[6, 8]])
+    w = token_weights(imp, spans, answer, 9, WeightParams())
+    assert w[0].tolist() == [2.0, 2.0, 1.0, 0.5, 0.5, 1.0, 1.5, 1.5, 1.0]
+    assert torch.equal(token_weights(imp, spans, answer, 9, WeightParams(mode="uniform")), torch.ones(1, 9))
+
+
+@st.composite
+def _layouts(draw):
+    B, T, S = draw(st.integers(1, 5)), draw(st.integers(1, 30)), draw(st.integers(1, 6))
+    spans = torch.full((B, S, 2), -1, dtype=torch.long)
+    answer = torch.full((B, 2), -1, dtype=torch.long)
+    imp = torch.full((B, S), NAN)
+    for i in range(B):
+        cuts = sorted(draw(st.lists(st.integers(0, T), min_size=0, max_size=2 * S, unique=True)))
+        pairs = [(a, b) for a, b in zip(cuts[::2], cuts[1::2], strict=False) if b > a][:S]
+        for k, (a, b) in enumerate(pairs):
+            spans[i, k] = torch.tensor([a, b])
+            imp[i, k] = draw(st.floats(0, 1))
+        if pairs and draw(st.booleans()):
+            answer[i] = torch.tensor([pairs[-1][1], T])
+    return imp, spans, answer, T
+
+
+@settings(max_examples=80, deadline=None)
+@given(_layouts(), st.sampled_from(["counterfactual", "uniform"]), st.floats(0.1, 1.0), st.floats(1.0, 3.0))
+def test_vectorised_weights_match_loop(layout, mode, w_min, w_max):
+    imp, spans, answer, T = layout
+    params = WeightParams(mode=mode, w_min=w_min, w_max=w_max, answer_weight=1.7)
+    torch.testing.assert_close(
+        token_weights(imp, spans, answer, T, params), token_weights_loop(imp, spans, answer, T, params)
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"mode": "best"}, "mode"),
+        ({"w_min": 0.0}, "w_min"),
+        ({"w_min": 3.0}, "w_min"),
+        ({"answer_weight": -1}, "answer_weight"),
+    ],
+)
+def test_bad_params_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=rf"credit\.counterfactual\.{key}"):
+        WeightParams(**kwargs)

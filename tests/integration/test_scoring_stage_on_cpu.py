@@ -1,0 +1,310 @@
+"""The scoring stage end to end on CPU: trainer -> TransferQueue -> worker method -> weights / R3.
+
+The worker method runs for real; only verl's engine is replaced by a stand-in with the same
+contract as ``infer_batch`` (nested ``log_probs`` over prompt + response, position t holding
+log p(x_{t+1} | x_<=t)), backed by the tiny random Qwen2.
+"""
+
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transfer_queue as tq
+from hydra import compose, initialize_config_module
+from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
+
+import verl_credit.main_ppo  # noqa: F401  (registers the credit schema)
+from verl_credit.core.counterfactual import span_importance, token_weights
+from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage
+from verl_credit.integration.scoring_stage import ScoringStageMixin
+from verl_credit.integration.trainer import CreditPPOTrainer, validate_run_config
+from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker
+from verl_credit.scoring import hf_scorer, score_spans
+
+TEXTS = [
+    "Janet sells 16 - 3 - 4 = 9 duck eggs a day. She makes 9 * 2 = $18 every day.\n#### 18",
+    "It takes 2/2=1 bolt of white fiber. So the total is 2+1=3 bolts.\n#### 3",
+    "First compute 12 * 7 = 84. Then add the remaining 16 apples to get 100. #### 100",
+    "the text just stops without",
+]
+
+
+class StandInActor:
+    """verl engine contract for ``infer_batch``, computed with a transformers model."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.model_config = model, SimpleNamespace(tokenizer=tokenizer)
+        self.calls = 0
+
+    @torch.no_grad()
+    def infer_batch(self, data: TensorDict) -> TensorDict:
+        self.calls += 1
+        assert tu.get(data, key="compute_loss") is False
+        out = []
+        for ids, mask in zip(data["input_ids"].unbind(), data["loss_mask"].unbind(), strict=True):
+            assert ids.shape == mask.shape
+            logp = torch.log_softmax(self.model(input_ids=ids.unsqueeze(0)).logits[0], dim=-1)
+            nxt = torch.zeros(ids.numel())
+            nxt[:-1] = logp[:-1].gather(1, ids[1:].unsqueeze(1)).squeeze(1)
+            out.append(nxt)
+        return TensorDict({"log_probs": torch.nested.as_nested_tensor(out, layout=torch.jagged)}, batch_size=[len(out)])
+
+
+class SingleRankWorkerGroup:
+    """What verl's dispatch + tqbridge do for one dp rank: fetch the rows, call, put the output back."""
+
+    def __init__(self, worker):
+        self.worker, self.calls = worker, 0
+
+    def compute_credit_scores(self, batch):
+        self.calls += 1
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id)
+        tu.assign_non_tensor(data, **batch.extra_info)
+        output = self.worker.compute_credit_scores(data)
+        assert output.batch_size[0] == len(batch), "one row per input row"
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+        return batch
+
+
+def _config(*overrides):
+    with initialize_config_module("verl_credit.conf", version_base=None):
+        return compose("credit_trainer", overrides=["actor_rollout_ref.rollout.n=4", *overrides])
+
+
+def _setup(local_tq, tiny, *overrides, truths=None):
+    model, tok = tiny
+    uids = [uuid.uuid4().hex for _ in range(3)]
+    rows = [
+        (uids[0], TEXTS[0], 1.0),
+        (uids[0], TEXTS[1], 0.0),
+        (uids[0], TEXTS[2], 1.0),
+        (uids[0], TEXTS[0], 1.0),
+        (uids[1], TEXTS[1], 1.0),
+        (uids[1], TEXTS[2], 1.0),  # all correct: not scored
+        (uids[2], TEXTS[3], 0.0),
+        (uids[2], TEXTS[2], 1.0),
+    ]
+    prompts = [tok(f"Q{u[:4]}: how many?")["input_ids"] for u, _, _ in rows]
+    responses = [tok(t)["input_ids"] + [tok.eos_token_id] for _, t, _ in rows]
+    scores = [s for _, _, s in rows]
+    extra = {"reward_model": [{"ground_truth": t} for t in truths]} if truths is not None else None
+    batch = local_tq.put_rollouts(prompts, responses, scores, [u for u, _, _ in rows], extra_fields=extra)
+    batch = local_tq.add_padding(batch, 12, tok.eos_token_id)
+    batch = local_tq.copy_rollout_log_probs_to_old(batch)
+    trainer = CreditPPOTrainer.__new__(CreditPPOTrainer)
+    trainer.config = _config(*overrides)
+    trainer.credit_config = validate_run_config(trainer.config)
+    trainer.tokenizer, trainer.global_steps = tok, 3
+    worker = CreditActorRolloutRefWorker.__new__(CreditActorRolloutRefWorker)
+    worker.actor = StandInActor(model, tok)
+    trainer.actor_rollout_wg = SingleRankWorkerGroup(worker)
+    return trainer, batch, prompts, responses, scores, [u for u, _, _ in rows]
+
+
+def _read(batch, *fields):
+    return tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(fields))
+
+
+def _expected(tiny, prompts, responses, scores, uids, rows, mode="counterfactual", base=None):
+    model, tok = tiny
+    cfg = validate_run_config(_config("algorithm.adv_estimator=counterfactual", f"credit.counterfactual.mode={mode}"))
+    res = score_spans(
+        tok,
+        hf_scorer(model, tok.pad_token_id),
+        [torch.tensor(p) for p in prompts],
+        [torch.tensor(r) for r in responses],
+        cfg.counterfactual,
+        rows=rows,
+    )
+    T = max(len(r) for r in responses)
+    mask = torch.zeros(len(responses), T)
+    for i, r in enumerate(responses):
+        mask[i, : len(r)] = 1
+    _, imp = span_importance(res.scores)
+    w = token_weights(imp, res.spans, res.answer, T, cfg.counterfactual)
+    if base is None:
+        base = group_outcome_advantage(torch.tensor(scores, dtype=torch.float64), group_index_from_uids(uids))
+        base = base[:, None] * mask
+    return base * w, w, mask
+
+
+def test_counterfactual_estimator_end_to_end(local_tq, tiny):
+    trainer, batch, prompts, responses, scores, uids = _setup(local_tq, tiny, "algorithm.adv_estimator=counterfactual")
+    metrics = {}
+    trainer._compute_advantage(batch, metrics)
+    assert trainer.actor_rollout_wg.calls == 1
+    req = _read(batch, "credit_cf_request").to_padded_tensor()["credit_cf_request"].flatten().tolist()
+    # group 0 mixed (row 3 duplicates row 0), group 1 all correct, group 2 mixed; padding rows never
+    assert req == [1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0]
+    B = len(uids)
+    adv = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    expected, w, mask = _expected(tiny, prompts, responses, scores, uids, rows=[0, 1, 2, 3, 6, 7])
+    torch.testing.assert_close(adv[:B, : expected.shape[1]], expected.float(), rtol=1e-4, atol=1e-4)
+    assert (adv[B:] == 0).all()
+    assert (w[0][mask[0].bool()] != 1).any()  # the weights do something
+    assert torch.equal(adv[3], adv[0])  # the duplicate got its source's scores
+    assert metrics["credit/counterfactual/rollouts_scored/count"] == 5.0
+    assert metrics["credit/counterfactual/duplicates_copied/count"] == 1.0
+    assert 0 < metrics["credit/stage/forward_tokens_vs_naive/ratio"] < 1
+    assert "credit/counterfactual/distractor_spans/fraction" in metrics
+    for name in [m for m in metrics if m.startswith("credit/")]:  # verl reduces metrics by substring
+        assert "min" not in name and "max" not in name, name
+
+
+def test_uniform_control_skips_the_stage_and_equals_grpo(local_tq, tiny):
+    trainer, batch, prompts, responses, scores, uids = _setup(
+        local_tq,
+        tiny,
+        "algorithm.adv_estimator=grpo",
+        "credit.token_weighting=counterfactual",
+        "credit.counterfactual.mode=uniform",
+    )
+    trainer._compute_advantage(batch, {})
+    assert trainer.actor_rollout_wg.calls == 0
+    adv = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    base = group_outcome_advantage(torch.tensor(scores, dtype=torch.float64), group_index_from_uids(uids))
+    mask = _read(batch, "response_mask").to_padded_tensor()["response_mask"][: len(uids)]
+    torch.testing.assert_close(adv[: len(uids)], (base[:, None] * mask).float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["inverted", "random"])
+def test_controls_run_through_the_trainer(local_tq, tiny, mode):
+    trainer, batch, *_ = _setup(
+        local_tq, tiny, "algorithm.adv_estimator=counterfactual", f"credit.counterfactual.mode={mode}"
+    )
+    metrics = {}
+    trainer._compute_advantage(batch, metrics)
+    first = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    trainer._compute_advantage(batch, {})  # same step, same seed: reproducible
+    assert torch.equal(first, _read(batch, "advantages").to_padded_tensor()["advantages"])
+    assert metrics["credit/counterfactual/weight/std"] > 0
+
+
+def test_weighting_composes_with_ktae(local_tq, tiny):
+    trainer, batch, prompts, responses, scores, uids = _setup(
+        local_tq, tiny, "algorithm.adv_estimator=ktae", "credit.token_weighting=counterfactual"
+    )
+    trainer._compute_advantage(batch, {})
+    weighted = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    plain = CreditPPOTrainer.__new__(CreditPPOTrainer)
+    plain.config = _config("algorithm.adv_estimator=ktae")
+    plain.credit_config, plain.tokenizer, plain.global_steps = validate_run_config(plain.config), tiny[1], 3
+    plain._compute_advantage(batch, {})
+    ktae = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    _, w, _ = _expected(tiny, prompts, responses, scores, uids, rows=[0, 1, 2, 3, 6, 7])
+    B = len(uids)
+    torch.testing.assert_close(weighted[:B, : w.shape[1]], ktae[:B, : w.shape[1]] * w, rtol=1e-4, atol=1e-4)
+
+
+def test_worker_is_injected_only_when_needed():
+    from verl.trainer.ppo.utils import Role
+
+    class Base:
+        def _init_resource_pool_mgr(self):
+            self.role_worker_mapping = {Role.ActorRollout: "stock"}
+
+    class T(ScoringStageMixin, Base):
+        pass
+
+    for overrides, injected in [
+        (["algorithm.adv_estimator=counterfactual"], True),
+        (["algorithm.adv_estimator=ktae"], False),
+        (["algorithm.adv_estimator=counterfactual", "credit.counterfactual.mode=uniform"], False),
+    ]:
+        t = T()
+        t.config = _config(*overrides)
+        t.credit_config = validate_run_config(t.config)
+        t._init_resource_pool_mgr()
+        got = t.role_worker_mapping[Role.ActorRollout]
+        assert (got != "stock") == injected
+        if injected:
+            assert got.__ray_actor_class__ is CreditActorRolloutRefWorker
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["algorithm.adv_estimator=counterfactual", "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"],
+            "sequence-level",
+        ),
+        (["algorithm.adv_estimator=gae", "credit.token_weighting=counterfactual"], "over grpo or a verl_credit"),
+        (["algorithm.adv_estimator=counterfactual", "credit.counterfactual.answer_source=gold"], "answer_source=gold"),
+    ],
+)
+def test_start_up_rejects(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate_run_config(_config(*overrides))
+
+
+def test_worker_rows_without_request_are_nan(tiny):
+    model, tok = tiny
+    worker = CreditActorRolloutRefWorker.__new__(CreditActorRolloutRefWorker)
+    worker.actor = StandInActor(model, tok)
+    responses = [torch.tensor(tok(t)["input_ids"] + [tok.eos_token_id]) for t in TEXTS[:2]]
+    data = TensorDict(
+        {
+            "prompts": torch.nested.as_nested_tensor(
+                [torch.tensor([5, 6, 7]), torch.tensor([8, 9])], layout=torch.jagged
+            ),
+            "responses": torch.nested.as_nested_tensor(responses, layout=torch.jagged),
+            "response_mask": torch.nested.as_nested_tensor(
+                [torch.ones_like(r) for r in responses], layout=torch.jagged
+            ),
+            "credit_cf_request": torch.tensor([[0], [0]]),
+        },
+        batch_size=[2],
+    )
+    from verl_credit.integration.worker import config_dict
+    from verl_credit.scoring import CounterfactualConfig
+
+    stage = {"counterfactual": config_dict(CounterfactualConfig()), "reference": None}
+    tu.assign_non_tensor(data, **{STAGE_KEY: stage, "temperature": 1.0})
+    out = worker.compute_credit_scores(data)
+    assert out.batch_size[0] == 2 and torch.isnan(out["credit_cf_scores"]).all()
+    assert worker.actor.calls == 1  # the engine is still called once: dp collectives stay matched
+
+
+TRUTHS = ["18", "18", "18", "18", "3", "3", "100", "100"]
+
+
+def test_variance_weighted_end_to_end(local_tq, tiny):
+    from verl_credit.core.variance import VarianceParams, r3_rewards
+    from verl_credit.scoring import score_reference
+
+    model, tok = tiny
+    trainer, batch, prompts, responses, scores, uids = _setup(
+        local_tq, tiny, "algorithm.adv_estimator=variance_weighted", truths=TRUTHS
+    )
+    metrics = {}
+    trainer._compute_advantage(batch, metrics)
+    adv = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    refs = [torch.tensor(tok(f"#### {t}", add_special_tokens=False)["input_ids"]) for t in TRUTHS]
+    lp, mask, _ = score_reference(
+        tok,
+        hf_scorer(model, tok.pad_token_id),
+        [torch.tensor(p) for p in prompts],
+        [torch.tensor(r) for r in responses],
+        refs,
+        rows=list(range(len(uids))),
+    )
+    groups = group_index_from_uids(uids)
+    res = r3_rewards(lp, mask, torch.tensor(scores), groups, VarianceParams())
+    z = group_outcome_advantage(res.shaped.double(), groups)
+    B = len(uids)
+    resp_mask = _read(batch, "response_mask").to_padded_tensor()["response_mask"][:B]
+    torch.testing.assert_close(adv[:B], (z[:, None] * resp_mask).float(), rtol=1e-4, atol=1e-4)
+    assert res.contrast[groups.group[4]]  # the all-correct group still has contrast from R3 ...
+    assert adv[4].abs().sum() > 0 and (adv[B:] == 0).all()  # ... so its rollouts get a non-zero advantage
+    assert metrics["credit/variance/rollouts_scored/count"] == float(B)
+    assert metrics["credit/variance/r3_spread_all_correct/std"] > 0
+
+
+def test_variance_weighted_needs_ground_truth(local_tq, tiny):
+    truths = list(TRUTHS)
+    truths[5] = ""
+    trainer, batch, *_ = _setup(local_tq, tiny, "algorithm.adv_estimator=variance_weighted", truths=truths)
+    with pytest.raises(ValueError, match=r"rollout 5: field 'reward_model\.ground_truth' is missing"):
+        trainer._compute_advantage(batch, {})

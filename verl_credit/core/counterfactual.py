@@ -1,0 +1,149 @@
+"""Counterfactual importance weighting (Khandoga et al., arXiv 2602.09331).
+
+Public API:
+    WEIGHT_MODES                       -- "counterfactual", "uniform", "random", "inverted".
+    WeightParams                       -- w_min, w_max, answer_weight, mode, seed.
+    span_importance(scores)            -- (B, S+1) answer log-prob sums -> D, normalised I (B, S).
+    control_importance(I_hat, mode, g) -- the ablation controls.
+    token_weights(...)                 -- (B, T) per-token weights, vectorised.
+    token_weights_loop(...)            -- the same with Python loops (reference for tests).
+
+Notation: B rollouts, T response positions, S = max spans per rollout. For rollout i with answer a
+and reasoning r, S_i(x) = sum_t log pi(a_t | prompt, x, a_<t) under the current policy, no grad.
+    scores[i, 0]   = S_i(r)                 (the unmodified reasoning)
+    scores[i, k]   = S_i(r without span k)  (span k overwritten in place by a placeholder token)
+    D_ik = scores[i, k] - scores[i, 0];  I_ik = -D_ik   (large I: the span is critical;
+           D > 0: masking the span helps the answer, a "distractor")
+    I_hat = min-max of I over the rollout's spans (all equal -> 0.5)
+    w_t = w_min + I_hat_k (w_max - w_min) on tokens of span k, answer_weight on answer tokens,
+          1 elsewhere;   token advantage = A_i * w_t.
+For w > 0, scaling the advantage by w is exactly the w-weighted PPO clipped (and dual-clipped)
+loss: clip(rho, 1-e, 1+e) * (w A) = w * (clip(rho, 1-e, 1+e) A) and min/max commute with w > 0.
+Absent spans are NaN in ``scores`` and -1 in ``spans``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "WEIGHT_MODES",
+    "WeightParams",
+    "span_importance",
+    "control_importance",
+    "token_weights",
+    "token_weights_loop",
+]
+
+WEIGHT_MODES = ("counterfactual", "uniform", "random", "inverted")
+
+
+@dataclass
+class WeightParams:
+    """Token weights from span importances.
+
+    Attributes:
+        mode: "counterfactual" (the method), or an ablation control: "uniform" (every weight 1:
+            plain GRPO/DAPO), "random" (I_hat ~ U(0, 1), seeded), "inverted" (I_hat -> 1 - I_hat).
+        w_min, w_max: weight of the least / most important span. Defaults 0.5 / 2.0.
+        answer_weight: weight of the final answer's tokens. Default 1.5.
+        seed: seed of the "random" control (combined with the step, so reproducible).
+    """
+
+    mode: str = "counterfactual"
+    w_min: float = 0.5
+    w_max: float = 2.0
+    answer_weight: float = 1.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in WEIGHT_MODES:
+            raise ValueError(f"credit.counterfactual.mode must be one of {WEIGHT_MODES}, got {self.mode!r}")
+        for name in ("w_min", "w_max", "answer_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"credit.counterfactual.{name} must be > 0, got {value!r}")
+        if self.w_min > self.w_max:
+            raise ValueError(f"credit.counterfactual.w_min ({self.w_min}) must be <= w_max ({self.w_max})")
+
+
+def span_importance(scores: torch.Tensor, eps: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+    """D = S(r without span) - S(r) and the per-rollout min-max normalised importance I_hat = norm(-D).
+
+    Shapes: scores (B, S+1) float, NaN for absent spans -> (D (B, S), I_hat (B, S)), NaN where absent.
+    """
+    D = scores[:, 1:] - scores[:, :1]
+    valid = ~torch.isnan(D)
+    importance = -D
+    lo = torch.where(valid, importance, torch.full_like(importance, math.inf)).amin(dim=1, keepdim=True)
+    hi = torch.where(valid, importance, torch.full_like(importance, -math.inf)).amax(dim=1, keepdim=True)
+    spread = hi - lo
+    flat = ~(spread > eps)
+    norm = torch.where(flat, torch.full_like(importance, 0.5), (importance - lo) / torch.where(flat, 1.0, spread))
+    return D, torch.where(valid, norm, torch.full_like(norm, math.nan))
+
+
+def control_importance(importance: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The ablation controls applied to I_hat (NaN entries stay NaN). (B, S) -> (B, S)."""
+    if mode == "counterfactual":
+        return importance
+    if mode == "inverted":
+        return 1.0 - importance
+    if mode == "random":
+        rand = torch.rand(importance.shape, generator=generator, dtype=importance.dtype)
+        return torch.where(torch.isnan(importance), importance, rand)
+    if mode == "uniform":
+        return torch.full_like(importance, math.nan)  # no span weighting at all
+    raise ValueError(f"unknown weighting mode {mode!r}; expected one of {WEIGHT_MODES}")
+
+
+def token_weights(
+    importance: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, T: int, params: WeightParams
+) -> torch.Tensor:
+    """Per-token weights from span importances, for the whole batch at once.
+
+    Spans of one rollout are disjoint, so a difference array (+v at the start, -v at the end,
+    cumulative sum) paints every span's weight in one pass.
+    Shapes: importance (B, S) in [0, 1] or NaN, spans (B, S, 2) token ranges (-1 absent),
+            answer (B, 2) (-1 absent) -> weights (B, T) float32.
+    """
+    B = importance.shape[0]
+    if params.mode == "uniform":
+        return torch.ones(B, T)
+    delta = torch.zeros(B, T + 1, dtype=torch.float64)
+    has = (spans[..., 0] >= 0) & ~torch.isnan(importance)
+    extra = torch.where(has, params.w_min + importance.double() * (params.w_max - params.w_min) - 1.0, 0.0)
+    starts = spans[..., 0].clamp(0, T).long()
+    ends = spans[..., 1].clamp(0, T).long()
+    delta.scatter_add_(1, starts, extra)
+    delta.scatter_add_(1, ends, -extra)
+    has_answer = answer[:, 0] >= 0
+    a_extra = torch.where(has_answer, params.answer_weight - 1.0, 0.0).double().unsqueeze(1)
+    delta.scatter_add_(1, answer[:, :1].clamp(0, T).long(), a_extra)
+    delta.scatter_add_(1, answer[:, 1:].clamp(0, T).long(), -a_extra)
+    return (1.0 + delta.cumsum(dim=1)[:, :T]).float()
+
+
+def token_weights_loop(
+    importance: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, T: int, params: WeightParams
+) -> torch.Tensor:
+    """Reference for :func:`token_weights`: loops over rollouts, spans and tokens."""
+    B, S = importance.shape
+    w = torch.ones(B, T)
+    if params.mode == "uniform":
+        return w
+    for i in range(B):
+        for k in range(S):
+            start, end = int(spans[i, k, 0]), int(spans[i, k, 1])
+            value = float(importance[i, k])
+            if start < 0 or math.isnan(value):
+                continue
+            for t in range(start, min(end, T)):
+                w[i, t] = params.w_min + value * (params.w_max - params.w_min)
+        if int(answer[i, 0]) >= 0:
+            for t in range(int(answer[i, 0]), min(int(answer[i, 1]), T)):
+                w[i, t] = params.answer_weight
+    return w

@@ -1,0 +1,235 @@
+"""``LengthRewardMixin``: Bingo's significance-aware length reward, before any advantage estimator.
+
+    _compute_advantage  -- when ``credit.length_reward.enabled``: fetch what the scorer needs from
+                           TransferQueue, shape ``rm_scores`` (the raw ones stay in
+                           ``credit_raw_rm_scores``), log metrics, then ``super()``: every estimator
+                           (verl's grpo/gae included, and the plugin's) reads the shaped reward.
+    _save_checkpoint    -- after verl's save, write the lambda_dyn schedule state to
+                           ``global_step_<N>/credit_length_reward.json``.
+    _load_checkpoint    -- after verl's load, read it back (a warning says the schedule restarts
+                           when the file is absent, e.g. a checkpoint written without this option).
+    validate_length_reward_run(config, credit)  -- start-up checks (called by validate_run_config).
+    apply_length_reward(...)                     -- the shaping step on a TransferQueue batch.
+
+The maths lives in :mod:`verl_credit.core.length_reward`. Only the driver writes the state file; a
+``trainer.default_hdfs_dir`` copy of it is not made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import transfer_queue as tq
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.workers.utils.padding import response_to_nested
+
+from verl_credit.config import CreditConfig
+from verl_credit.core.groups import group_index_from_uids
+from verl_credit.core.length_reward import (
+    DynamicLambdaSchedule,
+    LengthRewardResult,
+    ScorerInputs,
+    SignificanceScorer,
+    compute_length_reward,
+    length_reward_metrics,
+    resolve_scorer,
+    run_scorer,
+)
+from verl_credit.integration.verl_registry import TRAINER_MODE
+
+__all__ = [
+    "RAW_SCORES_FIELD",
+    "STATE_FILE",
+    "LengthRewardMixin",
+    "apply_length_reward",
+    "validate_length_reward_run",
+]
+
+logger = logging.getLogger(__name__)
+
+RAW_SCORES_FIELD = "credit_raw_rm_scores"
+STATE_FILE = "credit_length_reward.json"
+BASE_FIELDS = ("uid", "response_mask", "rm_scores")
+
+
+def validate_length_reward_run(config, credit: CreditConfig) -> None:
+    """Start-up checks of ``credit.length_reward`` against the full trainer config (no-op when off).
+
+    The scorer must resolve (a user ``module:function`` is imported here) and be available; the
+    shaping runs in the plugin trainer (V1, ``trainer.v1.trainer_mode=credit``) and takes its
+    reference counts from the group, so ``actor_rollout_ref.rollout.n >= 2``.
+    """
+    lr = credit.length_reward
+    if not lr.enabled:
+        return
+    resolve_scorer(lr.scorer).check_available()
+    if not config.trainer.get("use_v1", False):
+        raise ValueError("credit.length_reward.enabled=true needs the V1 trainer: set trainer.use_v1=true")
+    mode = config.trainer.v1.trainer_mode
+    if mode != TRAINER_MODE:
+        raise ValueError(
+            f"credit.length_reward.enabled=true runs in the plugin trainer: set trainer.v1.trainer_mode="
+            f"{TRAINER_MODE} (got {mode!r}), or launch with `python -m verl_credit.main_ppo`"
+        )
+    n = config.actor_rollout_ref.rollout.n
+    if n < 2:
+        raise ValueError(
+            "credit.length_reward takes its reference token counts from the other rollouts of the prompt: "
+            f"actor_rollout_ref.rollout.n must be >= 2, got {n}"
+        )
+
+
+def apply_length_reward(
+    batch: KVBatchMeta,
+    credit: CreditConfig,
+    scorer: SignificanceScorer,
+    lambda_dyn: float,
+    metrics: dict,
+    *,
+    special_token_ids: tuple[int, ...] = (),
+    tokenizer=None,
+) -> LengthRewardResult:
+    """Fetch, shape, write back ``rm_scores`` (nested) and ``credit_raw_rm_scores``; returns the result.
+
+    Metrics go to ``metrics`` as ``credit/length_reward/<quantity>/<stat>``.
+    """
+    fields = list(dict.fromkeys([*BASE_FIELDS, *scorer.fields]))
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+    missing = [f for f in fields if f not in data.keys()]
+    # TransferQueue answers an empty batch (with only a warning) when some rows lack a field
+    if missing or data.batch_size[0] != len(batch.keys):
+        name = missing[0] if missing else f"one of {fields}"
+        raise ValueError(
+            f"credit.length_reward.scorer={credit.length_reward.scorer} needs batch field {name!r}, "
+            "which this run does not produce for every row"
+        )
+    nested_mask = data["response_mask"]
+    uids = [u.decode() if isinstance(u, bytes) else str(u) for u in data.get("uid").tolist()]
+    padded = data.select(*[f for f in fields if f != "uid"]).to_padded_tensor()
+    response_mask, rm_scores = padded["response_mask"], padded["rm_scores"]
+    groups = group_index_from_uids(uids)
+    ktae = credit.ktae
+    if ktae.ignore_token_ids is None:
+        ktae = dataclasses.replace(ktae, ignore_token_ids=list(special_token_ids))
+    inputs = ScorerInputs(
+        response_mask=response_mask,
+        fields={f: padded[f] for f in scorer.fields},
+        correct=rm_scores.double().sum(-1) > credit.correct_threshold,
+        groups=groups,
+        ktae_params=ktae,
+        tokenizer=tokenizer,
+    )
+    significance = run_scorer(scorer, inputs)
+    result = compute_length_reward(
+        significance,
+        rm_scores,
+        response_mask,
+        groups,
+        credit.length_reward,
+        lambda_dyn,
+        correct_threshold=credit.correct_threshold,
+        normalize=scorer.normalize,
+    )
+    output = {
+        "rm_scores": response_to_nested(result.shaped_rm_scores, nested_mask),
+        RAW_SCORES_FIELD: response_to_nested(rm_scores, nested_mask),
+    }
+    tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(output, batch_size=len(batch)))
+    metrics.update({f"credit/{k}": v for k, v in length_reward_metrics(result).items()})
+    return result
+
+
+class LengthRewardMixin:
+    """Shape the outcome reward before ``super()._compute_advantage`` (see the module docstring).
+
+    ``credit_length_reward_last`` holds the last :class:`LengthRewardResult` (which tokens were
+    judged insignificant, r_ins, r_sig, the shaping) for reports.
+    """
+
+    credit_length_reward_last: LengthRewardResult | None = None
+
+    def _length_reward_schedule(self) -> DynamicLambdaSchedule:
+        schedule = self.__dict__.get("_credit_length_schedule")
+        if schedule is None:
+            schedule = DynamicLambdaSchedule(self.credit_config.length_reward)
+            self._credit_length_schedule = schedule
+        return schedule
+
+    def _length_reward_scorer(self) -> SignificanceScorer:
+        scorer = self.__dict__.get("_credit_length_scorer")
+        if scorer is None:
+            scorer = resolve_scorer(self.credit_config.length_reward.scorer)
+            self._credit_length_scorer = scorer
+        return scorer
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        if self.credit_config.length_reward.enabled:
+            step = int(getattr(self, "global_steps", 0) or 0)
+            schedule = self._length_reward_schedule()
+            tokenizer = getattr(self, "tokenizer", None)
+            special = {getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)}
+            result = apply_length_reward(
+                batch,
+                self.credit_config,
+                self._length_reward_scorer(),
+                schedule.value_at(step),
+                metrics,
+                special_token_ids=tuple(sorted(t for t in special if isinstance(t, int))),
+                tokenizer=tokenizer,
+            )
+            schedule.observe(step, float(result.outcome[result.real].sum()), int(result.real.sum()))
+            metrics.update({f"credit/{k}": v for k, v in schedule.metrics().items()})
+            self.credit_length_reward_last = result
+        return super()._compute_advantage(batch, metrics)
+
+    def _save_checkpoint(self):
+        super()._save_checkpoint()
+        if self.credit_config.length_reward.enabled:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            save_schedule_state(self._length_reward_schedule(), folder)
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if not self.credit_config.length_reward.enabled or not self.global_steps:
+            return  # training from scratch
+        load_schedule_state(self._length_reward_schedule(), _resumed_folder(self.config, self.global_steps))
+
+
+def save_schedule_state(schedule: DynamicLambdaSchedule, folder: str) -> str:
+    """Write ``schedule.state_dict()`` as JSON into ``folder``; returns the file path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, STATE_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(schedule.state_dict(), f)
+    os.replace(tmp, path)
+    return path
+
+
+def load_schedule_state(schedule: DynamicLambdaSchedule, folder: str) -> bool:
+    """Load the state saved in ``folder``; False (and a warning) when there is none."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path):
+        logger.warning(
+            "credit.length_reward: no schedule state at %s; lambda_dyn restarts from lambda_we/(pi/2) "
+            "and the score slope is measured again from this step",
+            path,
+        )
+        return False
+    with open(path) as f:
+        schedule.load_state_dict(json.load(f))
+    logger.info("credit.length_reward: schedule state restored from %s (lambda_dyn %.4f)", path, schedule.value)
+    return True
+
+
+def _resumed_folder(config, global_steps: int) -> str:
+    """The ``global_step_<N>`` folder verl's ``_load_checkpoint`` resumed from."""
+    if config.trainer.resume_mode == "resume_path":
+        folder = config.trainer.resume_from_path
+    else:
+        folder = os.path.join(config.trainer.default_local_dir, f"global_step_{global_steps}")
+    return folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder)

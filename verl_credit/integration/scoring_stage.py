@@ -1,0 +1,137 @@
+"""``ScoringStageMixin``: verl_credit's extra no-grad forward stage, run before the advantage step.
+
+    _init_resource_pool_mgr  -- when a stage product is needed, the actor role runs
+                                ``CreditActorRolloutRefWorker`` instead of verl's worker.
+    _compute_advantage       -- run the stage, then ``super()`` (estimators and weights read its output).
+    stage_products(name, credit) -> {"counterfactual": CounterfactualConfig | None, "reference": VarianceParams | None}
+    run_scoring_stage(batch, worker_group, products, temperature, metrics)
+
+Products and the rows scored for each:
+    counterfactual (``credit.token_weighting`` / ``adv_estimator=counterfactual``, mode not uniform):
+        rows of groups whose outcome advantages are not all zero, first of identical pairs only
+        (the others copy its scores), never verl's padding rows;
+    reference (estimators registered with ``stage=("reference",)``, e.g. ``variance_weighted``):
+        every real rollout of a group with at least two.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+import torch
+import transfer_queue as tq
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.utils import Role
+
+from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage, sequence_scores
+from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict
+from verl_credit.registry import get_estimator, list_estimators
+from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage
+
+ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
+
+
+def stage_products(estimator: str, credit) -> dict:
+    """What the stage must compute for this run (None where nothing)."""
+    spec = get_estimator(estimator) if estimator in list_estimators() else None
+    return {
+        "counterfactual": credit.counterfactual
+        if needs_scoring_stage(estimator, credit.token_weighting, credit.counterfactual)
+        else None,
+        "reference": credit.variance if spec is not None and "reference" in spec.stage else None,
+    }
+
+
+def scoring_requests(uids, rm_scores, response_mask, prompts, responses):
+    """(counterfactual request (B,), {duplicate row: source row}, reference request (B,)) for a padded batch."""
+    groups = group_index_from_uids(uids)
+    real = ~groups.is_padding
+    z = group_outcome_advantage(sequence_scores(rm_scores, response_mask, uids), groups)
+    g = groups.group.clamp_min(0)
+    active = torch.zeros(groups.num_groups, dtype=torch.bool).index_put_((g[real],), z[real] != 0, accumulate=True)
+    cf_request = real & active[g]
+    first: dict[tuple, int] = {}
+    copies: dict[int, int] = {}
+    lengths = response_mask.sum(-1).tolist()
+    for row in cf_request.nonzero().flatten().tolist():
+        key = (tuple(prompts[row].tolist()), tuple(responses[row, : int(lengths[row])].tolist()))
+        if key in first:
+            copies[row] = first[key]
+            cf_request[row] = False
+        else:
+            first[key] = row
+    ref_request = real & (groups.sizes[g] > 1)
+    return cf_request, copies, ref_request
+
+
+def run_scoring_stage(batch: KVBatchMeta, worker_group, products: dict, temperature: float, metrics: dict) -> None:
+    """Ask the actor workers for the stage's products; results land in TransferQueue."""
+    start = time.perf_counter()
+    fields = ["uid", "rm_scores", "response_mask", "prompts", "responses"]
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+    prompts = list(data["prompts"].unbind())
+    padded = data.select("rm_scores", "response_mask", "responses").to_padded_tensor()
+    uids = [str(u) for u in data.get("uid").tolist()]
+    cf_request, copies, ref_request = scoring_requests(
+        uids, padded["rm_scores"], padded["response_mask"], prompts, padded["responses"]
+    )
+    cf, ref = products["counterfactual"], products["reference"]
+    requests = {}
+    if cf is not None:
+        requests["credit_cf_request"] = cf_request.long().unsqueeze(1)
+    if ref is not None:
+        requests["credit_ref_request"] = ref_request.long().unsqueeze(1)
+    tq.kv_batch_put(
+        keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(requests, batch_size=len(batch))
+    )
+    batch.extra_info[STAGE_KEY] = {
+        "counterfactual": config_dict(cf) if cf is not None else None,
+        "reference": {"answer_template": ref.answer_template} if ref is not None else None,
+    }
+    batch.extra_info["temperature"] = temperature
+    worker_group.compute_credit_scores(batch)
+
+    fetch = ["credit_stage_tokens", *(STAGE_FIELDS if cf is not None else ())]
+    out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fetch).to_padded_tensor()
+    if cf is not None and copies:
+        dense = {f: out[f].clone() for f in STAGE_FIELDS}
+        for row, source in copies.items():
+            for f in STAGE_FIELDS:
+                dense[f][row] = dense[f][source]
+        tq.kv_batch_put(
+            keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(dense, batch_size=len(batch))
+        )
+    tokens = out["credit_stage_tokens"].sum(0)
+    real = sum(not t.get("is_padding", False) for t in batch.tags)
+    metrics["credit/stage/forward_tokens/count"] = float(tokens[0])
+    metrics["credit/stage/forward_tokens_vs_naive/ratio"] = float(tokens[0]) / max(float(tokens[1]), 1.0)
+    metrics["timing_s/credit_scoring_stage"] = time.perf_counter() - start
+    if cf is not None:
+        metrics["credit/counterfactual/rollouts_scored/count"] = float(cf_request.sum())
+        metrics["credit/counterfactual/rollouts_skipped/count"] = float(real - int(cf_request.sum()))
+        metrics["credit/counterfactual/duplicates_copied/count"] = float(len(copies))
+    if ref is not None:
+        metrics["credit/variance/rollouts_scored/count"] = float(ref_request.sum())
+
+
+class ScoringStageMixin:
+    """Adds the scoring stage (and its worker) to the trainer when the run needs it."""
+
+    def _stage_products(self) -> dict:
+        return stage_products(self.config.algorithm.adv_estimator, self.credit_config)
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        if any(v is not None for v in self._stage_products().values()):
+            for role in ACTOR_ROLES:
+                if role in self.role_worker_mapping:
+                    self.role_worker_mapping[role] = ray.remote(CreditActorRolloutRefWorker)
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        products = self._stage_products()
+        if any(v is not None for v in products.values()):
+            temperature = self.config.actor_rollout_ref.rollout.temperature
+            run_scoring_stage(batch, self.actor_rollout_wg, products, temperature, metrics)
+        return super()._compute_advantage(batch, metrics)

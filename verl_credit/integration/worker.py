@@ -1,0 +1,142 @@
+"""The extra no-grad forward stage on the actor workers.
+
+    CreditActorRolloutRefWorker.compute_credit_scores(data) -- registered like verl's
+        ``compute_log_prob``: each actor dp rank gets its shard of the batch (from TransferQueue),
+        builds the sequences to score and scores them with the actor's own engine (``infer_batch``,
+        eval mode, no grad, micro-batched), and returns one row per input row. Products, as asked
+        for in the batch's ``credit_stage`` entry:
+          counterfactual -- span scores of the rows with ``credit_cf_request`` (see ``scoring.score_spans``);
+          reference      -- log-probs of the reference answer (``reward_model.ground_truth``) after
+                            the reasoning of the rows with ``credit_ref_request`` (``scoring.score_reference``).
+    stage_rows(data, tokenizer, score_fn, stage) -- the shard logic, engine-free (tested on CPU).
+    engine_scorer(actor, meta) -- a score function over verl's engine.
+
+Rows not asked for (padding rows, groups that need no scores, duplicates) get NaN scores / empty
+masks. verl's engine runs collectives across the dp group inside ``infer_batch``, so every rank calls
+it once per product even when its shard has nothing to score (it then scores a throw-away sequence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from tensordict import TensorDict
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from verl_credit.scoring import CounterfactualConfig, score_reference, score_spans
+
+__all__ = ["CreditActorRolloutRefWorker", "stage_rows", "engine_scorer", "STAGE_KEY", "reference_ids"]
+
+STAGE_KEY = "credit_stage"  # non-tensor entry of the batch: {"counterfactual": dict | None, "reference": dict | None}
+META_KEYS = ("temperature",)
+
+
+def _rows(nested: torch.Tensor) -> list[torch.Tensor]:
+    return list(nested.unbind()) if nested.is_nested else [row for row in nested]
+
+
+def _request(data: TensorDict, key: str, n: int) -> torch.Tensor:
+    value = data[key]
+    return (value.to_padded_tensor(0) if value.is_nested else value).reshape(n, -1)[:, 0].bool()
+
+
+def reference_ids(tokenizer, reward_model, template: str, row: int) -> torch.Tensor:
+    """Token ids of ``template`` filled with ``reward_model["ground_truth"]``; ValueError if missing."""
+    truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
+    if truth is None or (isinstance(truth, str) and not truth.strip()):
+        raise ValueError(
+            f"rollout {row}: field 'reward_model.ground_truth' is missing or empty; the variance-weighted "
+            "reward teacher-forces the reference answer from the data"
+        )
+    ids = tokenizer(template.format(answer=truth), add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict:
+    """Stage output for one shard, one row per input row.
+
+    Reads ``prompts``, ``responses``, ``response_mask`` (nested or padded) and, per product,
+    ``credit_cf_request`` / ``credit_ref_request`` and ``reward_model``. Writes
+    counterfactual: credit_cf_scores (n, S+1), credit_cf_spans (n, S, 2), credit_cf_answer (n, 2);
+    reference: credit_ref_logprobs (n, J), credit_ref_mask (n, J);
+    credit_stage_tokens (n, 2) = (forward tokens, naive tokens), attributed to the shard's first row.
+    """
+    n = data.batch_size[0]
+    prompts = _rows(data["prompts"])
+    masks = _rows(data["response_mask"])
+    responses = [r[: int(m.sum())] for r, m in zip(_rows(data["responses"]), masks, strict=True)]
+    out, tokens = {}, torch.zeros(n, 2, dtype=torch.long)
+    if stage.get("counterfactual") is not None:
+        config = CounterfactualConfig(**stage["counterfactual"])
+        rows = _request(data, "credit_cf_request", n).nonzero().flatten().tolist()
+        res = score_spans(tokenizer, score_fn, prompts, responses, config, rows=rows)
+        out.update(credit_cf_scores=res.scores, credit_cf_spans=res.spans, credit_cf_answer=res.answer)
+        if n:
+            tokens[0] += torch.tensor([res.forward_tokens, res.naive_tokens])
+    if stage.get("reference") is not None:
+        rows = _request(data, "credit_ref_request", n).nonzero().flatten().tolist()
+        models = data.get("reward_model").tolist() if rows else []
+        template = stage["reference"]["answer_template"]
+        refs = [torch.zeros(0, dtype=torch.long)] * n
+        for row in rows:
+            refs[row] = reference_ids(tokenizer, models[row], template, row)
+        logprobs, mask, forward = score_reference(tokenizer, score_fn, prompts, responses, refs, rows)
+        out.update(credit_ref_logprobs=logprobs, credit_ref_mask=mask)
+        if n:
+            naive = sum(prompts[r].numel() + responses[r].numel() for r in rows)
+            tokens[0] += torch.tensor([forward, naive])
+    out["credit_stage_tokens"] = tokens
+    return TensorDict(out, batch_size=[n])
+
+
+def engine_scorer(actor, meta: dict):
+    """Score function over verl's engine: variants become rows of the shape ``compute_log_prob``
+    takes (nested input_ids / position_ids / loss_mask); ``log_probs`` comes back nested over the
+    full sequence, position t holding log p(x_{t+1} | x_<=t)."""
+
+    def score(sequences: list[torch.Tensor], targets: torch.Tensor) -> list[torch.Tensor]:
+        real = len(sequences)
+        if real == 0:  # keep the dp collectives inside infer_batch matched across ranks
+            sequences, targets = [torch.zeros(2, dtype=torch.long)], torch.tensor([[1, 2]])
+        loss_masks = []
+        for seq, (t0, t1) in zip(sequences, targets.tolist(), strict=True):
+            mask = torch.zeros_like(seq)
+            mask[t0:t1] = 1
+            loss_masks.append(mask)
+        td = tu.get_tensordict(
+            {
+                "input_ids": torch.nested.as_nested_tensor(sequences, layout=torch.jagged),
+                "position_ids": torch.nested.as_nested_tensor(
+                    [torch.arange(s.numel()) for s in sequences], layout=torch.jagged
+                ),
+                "loss_mask": torch.nested.as_nested_tensor(loss_masks, layout=torch.jagged),
+            },
+            non_tensor_dict={"calculate_entropy": False, "compute_loss": False, **meta},
+        )
+        output = actor.infer_batch(td)
+        if output is None:  # not the rank that holds outputs in a model-parallel group
+            return [torch.zeros(int(t1 - t0)) for t0, t1 in targets.tolist()][:real]
+        log_probs = _rows(output["log_probs"])
+        return [lp[t0 - 1 : t1 - 1].float().cpu() for lp, (t0, t1) in zip(log_probs, targets.tolist(), strict=True)][
+            :real
+        ]
+
+    return score
+
+
+class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
+    """verl's actor/rollout/ref worker plus verl_credit's scoring stage."""
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_credit_scores(self, data: TensorDict) -> TensorDict:
+        meta = {k: tu.get(data, key=k) for k in META_KEYS if tu.get(data, key=k) is not None}
+        tokenizer = self.actor.model_config.tokenizer
+        return stage_rows(data, tokenizer, engine_scorer(self.actor, meta), tu.get(data, key=STAGE_KEY))
+
+
+def config_dict(config) -> dict:
+    """A config dataclass as plain data, to travel in the batch's extra_info."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,291 @@
+"""Build span-masked variants of rollouts and score answer tokens with a causal LM (no grad).
+
+Public API:
+    CounterfactualConfig     -- the ``credit.counterfactual`` block (span, weight and scoring options).
+    VariantBatch             -- sequences to score, their target ranges, and which rollout/span each is.
+    build_variants(...)      -- original + one variant per span for each rollout to score.
+    hf_scorer(model, ...)    -- a score function for any Hugging Face causal LM (CPU demo, tests).
+    SpanScores               -- per-rollout scores (B, S+1), spans (B, S, 2), answer (B, 2), costs.
+    score_spans(...)         -- spans + variants + scoring + bookkeeping, for a batch of rollouts.
+    score_reference(...)     -- per-token log-probs of a reference answer after each rollout's reasoning.
+
+A score function maps ``(sequences: list[LongTensor], targets: LongTensor[V, 2])`` to a list of V
+float tensors: log pi(x_t | x_<t) for t in [targets[v, 0], targets[v, 1]) of sequence v. The actor
+worker's version runs verl's engine (``integration/worker.py``); :func:`hf_scorer` runs a plain
+transformers model. Both see the same variants.
+
+Work avoided (reported in ``SpanScores``): rollouts not asked for (e.g. groups whose outcome
+advantages are all zero) are not scored; identical (prompt, response) pairs are scored once;
+every sequence is cut after its last target token; sequences are grouped by length so padding
+stays small. ``naive_tokens`` is the cost without any of this: (1 + K) forwards of the full
+prompt + response for every rollout given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from verl_credit.core.counterfactual import WeightParams
+from verl_credit.spans import ResponseSpans, SpanParams, find_spans
+
+__all__ = [
+    "CounterfactualConfig",
+    "VariantBatch",
+    "build_variants",
+    "hf_scorer",
+    "SpanScores",
+    "score_spans",
+    "score_reference",
+]
+
+ScoreFn = Callable[[list[torch.Tensor], torch.Tensor], list[torch.Tensor]]
+
+
+@dataclass
+class CounterfactualConfig(SpanParams, WeightParams):
+    """``credit.counterfactual``: spans (SpanParams), weights (WeightParams) and scoring options.
+
+    Attributes (besides the inherited ones):
+        answer_source: "own" scores the rollout's own answer tokens; "gold" teacher-forces the
+            reference answer (``reward_model.ground_truth`` rendered by ``gold_template``) after
+            the reasoning. Default "own".
+        gold_template: how a reference answer is written after the reasoning. Default "#### {answer}".
+        placeholder_token_id: token written over a masked span; None = the tokenizer's pad id,
+            else its eos id.
+        max_batch_tokens: token budget (padding included) of one scoring micro-batch on the
+            transformers path. Default 4096.
+    """
+
+    answer_source: str = "own"
+    gold_template: str = "#### {answer}"
+    placeholder_token_id: int | None = None
+    max_batch_tokens: int = 4096
+
+    def __post_init__(self):
+        SpanParams.__post_init__(self)
+        WeightParams.__post_init__(self)
+        if self.answer_source not in ("own", "gold"):
+            raise ValueError(f"credit.counterfactual.answer_source must be 'own' or 'gold', got {self.answer_source!r}")
+        if "{answer}" not in self.gold_template:
+            raise ValueError("credit.counterfactual.gold_template must contain '{answer}'")
+        if not (isinstance(self.max_batch_tokens, int) and self.max_batch_tokens >= 16):
+            raise ValueError(
+                f"credit.counterfactual.max_batch_tokens must be an integer >= 16, got {self.max_batch_tokens!r}"
+            )
+
+
+@dataclass
+class VariantBatch:
+    """sequences: V LongTensors (prompt + reasoning variant + answer, cut after the answer);
+    targets: LongTensor[V, 2] scored positions [start, end) in each sequence; rows: LongTensor[V]
+    rollout of each variant; spans: LongTensor[V] masked span index, -1 for the original."""
+
+    sequences: list[torch.Tensor]
+    targets: torch.Tensor
+    rows: torch.Tensor
+    spans: torch.Tensor
+
+    @property
+    def forward_tokens(self) -> int:
+        return int(sum(s.numel() for s in self.sequences))
+
+
+def build_variants(
+    prompts: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    spans: Sequence[ResponseSpans],
+    rows: Sequence[int],
+    placeholder_id: int,
+    gold_answers: Sequence[torch.Tensor] | None = None,
+    with_spans: bool = True,
+) -> VariantBatch:
+    """Original and span-masked sequences of ``rows`` (rollouts without a target are skipped).
+
+    own answer (gold_answers None): sequence = prompt + response[:answer_end], target = answer.
+    gold: sequence = prompt + response[:reasoning_end] + gold, target = the gold tokens.
+    Variant k overwrites response tokens [s_k, e_k) with ``placeholder_id`` (length unchanged);
+    ``with_spans=False`` builds the originals only.
+    """
+    seqs, targets, row_ids, span_ids = [], [], [], []
+    for row in rows:
+        sp, prompt, response = spans[row], prompts[row].long(), responses[row].long()
+        P = prompt.numel()
+        if gold_answers is None:
+            if sp.answer is None:
+                continue
+            base = torch.cat([prompt, response[: sp.answer[1]]])
+            target = (P + sp.answer[0], P + sp.answer[1])
+        else:
+            gold = gold_answers[row].long()
+            if gold.numel() == 0:
+                continue
+            base = torch.cat([prompt, response[: sp.reasoning_end], gold])
+            target = (P + sp.reasoning_end, P + sp.reasoning_end + gold.numel())
+        for k, (s0, s1) in enumerate([(-1, -1), *(sp.spans if with_spans else [])]):
+            seq = base.clone()
+            if k > 0:
+                seq[P + s0 : P + s1] = placeholder_id
+            seqs.append(seq)
+            targets.append(target)
+            row_ids.append(row)
+            span_ids.append(k - 1)
+    return VariantBatch(
+        sequences=seqs,
+        targets=torch.tensor(targets, dtype=torch.long).reshape(-1, 2),
+        rows=torch.tensor(row_ids, dtype=torch.long),
+        spans=torch.tensor(span_ids, dtype=torch.long),
+    )
+
+
+def hf_scorer(model, pad_id: int, max_batch_tokens: int = 4096) -> ScoreFn:
+    """Score function for a transformers causal LM: length-sorted, right-padded micro-batches."""
+
+    @torch.no_grad()
+    def score(sequences: list[torch.Tensor], targets: torch.Tensor) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(sequences)
+        order = sorted(range(len(sequences)), key=lambda v: -sequences[v].numel())
+        device = next(model.parameters()).device
+        i = 0
+        while i < len(order):
+            width = sequences[order[i]].numel()
+            count = max(1, max_batch_tokens // max(width, 1))
+            chunk = order[i : i + count]
+            i += count
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attn = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, v in enumerate(chunk):
+                n = sequences[v].numel()
+                ids[j, :n], attn[j, :n] = sequences[v], 1
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+            for j, v in enumerate(chunk):
+                t0, t1 = int(targets[v, 0]), int(targets[v, 1])
+                logp = torch.log_softmax(logits[j, t0 - 1 : t1 - 1], dim=-1)
+                out[v] = logp.gather(1, sequences[v][t0:t1].to(device).unsqueeze(1)).squeeze(1).cpu()
+        return out  # type: ignore[return-value]
+
+    return score
+
+
+@dataclass
+class SpanScores:
+    """Per-rollout results of the counterfactual stage.
+
+    scores: FloatTensor[B, S+1]; column 0 = S(r), column k = S(r without span k); NaN when absent.
+    spans: LongTensor[B, S, 2] token ranges (-1 absent); answer: LongTensor[B, 2] (-1 absent).
+    kinds: per rollout, the kind of each span. scored: BoolTensor[B] rollouts that got scores.
+    forward_tokens / naive_tokens: tokens the stage ran vs (1 + K) full forwards per rollout.
+    """
+
+    scores: torch.Tensor
+    spans: torch.Tensor
+    answer: torch.Tensor
+    kinds: list[list[str]]
+    scored: torch.Tensor
+    forward_tokens: int
+    naive_tokens: int
+
+
+def score_spans(
+    tokenizer,
+    score_fn: ScoreFn,
+    prompts: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    config: CounterfactualConfig,
+    rows: Sequence[int] | None = None,
+    gold_answers: Sequence[torch.Tensor] | None = None,
+) -> SpanScores:
+    """Find spans of every rollout, score the original and each span-masked variant of ``rows``
+    (default: all), with identical (prompt, response) pairs scored once.
+
+    Shapes: prompts / responses: B 1-D LongTensors (valid tokens only) -> SpanScores (B rows).
+    """
+    B, S = len(responses), config.max_spans
+    rows = list(range(B)) if rows is None else [int(r) for r in rows]
+    spans = find_spans(tokenizer, [r.tolist() for r in responses], config)
+    first_of: dict[tuple, int] = {}
+    unique_rows, copy_from = [], {}
+    for row in rows:
+        key = (tuple(prompts[row].tolist()), tuple(responses[row].tolist()))
+        if gold_answers is not None:
+            key += (tuple(gold_answers[row].tolist()),)
+        if key in first_of:
+            copy_from[row] = first_of[key]
+        else:
+            first_of[key] = row
+            unique_rows.append(row)
+    placeholder = _placeholder(tokenizer, config)
+    variants = build_variants(prompts, responses, spans, unique_rows, placeholder, gold_answers)
+    scores = torch.full((B, S + 1), math.nan)
+    token_logprobs = score_fn(variants.sequences, variants.targets)  # called even when empty (dp collectives)
+    if variants.sequences:
+        sums = torch.stack([lp.double().sum() for lp in token_logprobs]).float()
+        scores[variants.rows, variants.spans + 1] = sums
+    for row, source in copy_from.items():
+        scores[row] = scores[source]
+    span_t = torch.full((B, S, 2), -1, dtype=torch.long)
+    answer_t = torch.full((B, 2), -1, dtype=torch.long)
+    for i, sp in enumerate(spans):
+        if sp.spans:
+            span_t[i, : len(sp.spans)] = torch.tensor(sp.spans, dtype=torch.long)
+        if sp.answer is not None:
+            answer_t[i] = torch.tensor(sp.answer)
+    naive = sum((1 + len(spans[r].spans)) * (prompts[r].numel() + responses[r].numel()) for r in rows)
+    return SpanScores(
+        scores=scores,
+        spans=span_t,
+        answer=answer_t,
+        kinds=[sp.kinds for sp in spans],
+        scored=~torch.isnan(scores[:, 0]),
+        forward_tokens=variants.forward_tokens,
+        naive_tokens=int(naive),
+    )
+
+
+def _placeholder(tokenizer, config: CounterfactualConfig) -> int:
+    if config.placeholder_token_id is not None:
+        return int(config.placeholder_token_id)
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(candidate, int):
+            return candidate
+    raise ValueError("credit.counterfactual.placeholder_token_id is unset and the tokenizer has no pad or eos id")
+
+
+def score_reference(
+    tokenizer,
+    score_fn: ScoreFn,
+    prompts: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    references: Sequence[torch.Tensor],
+    rows: Sequence[int],
+    params: SpanParams | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """l_ij = log pi(y_j | prompt, reasoning_i, y_<j): each rollout's reasoning (its own answer
+    removed, with the same answer detection as the spans) followed by its reference answer ids.
+
+    Shapes: B prompts / responses / references (1-D LongTensors) -> (logprobs (B, J) float,
+    mask (B, J) long, forward tokens); rows not in ``rows`` have an all-zero mask. Identical
+    (prompt, response, reference) triples are scored once.
+    """
+    B = len(responses)
+    spans = find_spans(tokenizer, [r.tolist() for r in responses], params or SpanParams())
+    first_of: dict[tuple, int] = {}
+    unique, copies = [], {}
+    for row in rows:
+        key = (tuple(prompts[row].tolist()), tuple(responses[row].tolist()), tuple(references[row].tolist()))
+        copies[row] = first_of.setdefault(key, row)
+        if copies[row] == row:
+            unique.append(row)
+    variants = build_variants(prompts, responses, spans, unique, 0, references, with_spans=False)
+    token_logprobs = score_fn(variants.sequences, variants.targets)  # called even when empty (dp collectives)
+    J = max((int(references[r].numel()) for r in rows), default=0)
+    logprobs, mask = torch.zeros(B, J), torch.zeros(B, J, dtype=torch.long)
+    by_row = {int(r): lp for r, lp in zip(variants.rows.tolist(), token_logprobs, strict=True)}
+    for row, source in copies.items():
+        if source in by_row:
+            n = by_row[source].numel()
+            logprobs[row, :n], mask[row, :n] = by_row[source], 1
+    return logprobs, mask, variants.forward_tokens
