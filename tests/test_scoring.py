@@ -43,11 +43,11 @@ def test_scores_equal_direct_per_variant_computation(tiny):
         P = prompts[i].numel()
         base = torch.cat([prompts[i], responses[i][: sp.answer[1]]])
         target = (P + sp.answer[0], P + sp.answer[1])
-        assert res.scores[i, 0].item() == pytest.approx(_direct(model, base, *target), abs=1e-4)
+        assert res.scores[i, 0].item() == pytest.approx(_direct(model, base, *target), abs=1e-5)
         for k, (s0, s1) in enumerate(sp.spans):
             variant = base.clone()
             variant[P + s0 : P + s1] = tok.pad_token_id
-            assert res.scores[i, k + 1].item() == pytest.approx(_direct(model, variant, *target), abs=1e-4)
+            assert res.scores[i, k + 1].item() == pytest.approx(_direct(model, variant, *target), abs=1e-5)
             checked += 1
         assert torch.isnan(res.scores[i, len(sp.spans) + 1 :]).all()
         assert res.spans[i, : len(sp.spans)].tolist() == [list(s) for s in sp.spans]
@@ -99,3 +99,25 @@ def test_config_validation_names_keys():
     with pytest.raises(ValueError, match=r"credit\.counterfactual\.w_min"):
         CounterfactualConfig(w_min=5.0)
     assert math.isclose(CounterfactualConfig().answer_weight, 1.5)
+
+
+def test_reference_logprobs_equal_direct_per_rollout_forward(tiny):
+    from verl_credit.scoring import score_reference
+
+    model, tok = tiny
+    prompts, responses = _rollouts(tok)
+    refs = [torch.tensor(tok("#### 18", add_special_tokens=False)["input_ids"]) for _ in responses]
+    lp, mask, forward = score_reference(tok, hf_scorer(model, tok.pad_token_id), prompts, responses, refs, [0, 1, 3])
+    spans = find_spans(tok, [r.tolist() for r in responses], CounterfactualConfig())
+    J = refs[0].numel()
+    assert mask[[0, 1, 3]].sum(1).tolist() == [J] * 3 and mask[2].sum() == 0
+    for row in (0, 1, 3):  # row 3 has no answer marker: its whole response is the reasoning
+        reasoning = responses[row][: spans[row].reasoning_end]
+        seq = torch.cat([prompts[row], reasoning, refs[row]])
+        t0 = prompts[row].numel() + reasoning.numel()
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=seq.unsqueeze(0)).logits[0].double(), dim=-1)
+        direct = torch.tensor([float(logp[t - 1, seq[t]]) for t in range(t0, t0 + J)], dtype=torch.float64)
+        torch.testing.assert_close(lp[row, :J].double(), direct, rtol=0, atol=1e-5)
+    assert spans[3].answer is None and spans[3].reasoning_end == spans[3].length
+    assert forward > 0

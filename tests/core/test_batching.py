@@ -304,9 +304,19 @@ class Stream:
 
 def run_steps(pool, stream, steps, batch_size, check=None):
     released: set[str] = set()
+    reasons: list[str] = []
+    decide = pool.decide
+
+    def recording_decide(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        reasons.append(decision.reason)
+        return decision
+
+    pool.decide = recording_decide
     for step in range(1, steps + 1):
         stream.generate(batch_size, step)  # what prepare_step submits each step
         calls = []
+        reasons.clear()
 
         def generate(k, step=step, calls=calls):
             calls.append(k)
@@ -324,7 +334,11 @@ def run_steps(pool, stream, steps, batch_size, check=None):
             assert pool.rho * S - 1e-9 <= P <= (1 - pool.rho) * S + 1e-9
         else:
             assert decision.reason == "forced"
-        assert sum(1 for k in calls if k == batch_size) <= pool.max_refills + 1  # bounded wait
+        # bounded wait: at most max_refills balance refills, shortfall rounds only after failed rollouts
+        assert reasons.count("unbalanced") <= pool.max_refills and reasons.count("shortfall") <= 8
+        assert len(calls) == len(reasons) - 1 and reasons[-1] in ("balanced", "forced")
+        if stream.fail == 0:
+            assert reasons.count("shortfall") == 0
         generated, accounted = pool.accounted()
         assert generated == accounted
         assert len(pool.waiting) <= (pool.capacity_batches - 1) * batch_size

@@ -231,7 +231,6 @@ def test_worker_is_injected_only_when_needed():
             "sequence-level",
         ),
         (["algorithm.adv_estimator=gae", "credit.token_weighting=counterfactual"], "over grpo or a verl_credit"),
-        (["algorithm.adv_estimator=counterfactual", "credit.counterfactual.answer_source=gold"], "answer_source=gold"),
     ],
 )
 def test_start_up_rejects(overrides, message):
@@ -308,3 +307,35 @@ def test_variance_weighted_needs_ground_truth(local_tq, tiny):
     trainer, batch, *_ = _setup(local_tq, tiny, "algorithm.adv_estimator=variance_weighted", truths=truths)
     with pytest.raises(ValueError, match=r"rollout 5: field 'reward_model\.ground_truth' is missing"):
         trainer._compute_advantage(batch, {})
+
+
+def test_counterfactual_with_gold_answers(local_tq, tiny):
+    model, tok = tiny
+    trainer, batch, prompts, responses, scores, uids = _setup(
+        local_tq,
+        tiny,
+        "algorithm.adv_estimator=counterfactual",
+        "credit.counterfactual.answer_source=gold",
+        truths=TRUTHS,
+    )
+    trainer._compute_advantage(batch, {})
+    got = _read(batch, "credit_cf_scores").to_padded_tensor()["credit_cf_scores"]
+    cfg = trainer.credit_config.counterfactual
+    gold = [torch.tensor(tok(f"#### {t}", add_special_tokens=False)["input_ids"]) for t in TRUTHS]
+    res = score_spans(
+        tok,
+        hf_scorer(model, tok.pad_token_id),
+        [torch.tensor(p) for p in prompts],
+        [torch.tensor(r) for r in responses],
+        cfg,
+        rows=[0, 1, 2, 6, 7],
+        gold_answers=gold,
+    )
+    B = len(uids)
+    torch.testing.assert_close(
+        got[:B].nan_to_num(99.0),
+        res.scores.nan_to_num(99.0).where(torch.arange(B).unsqueeze(1) != 3, res.scores[0].nan_to_num(99.0)),
+        rtol=0,
+        atol=1e-4,
+    )
+    assert not torch.isnan(got[6, 0])  # the rollout without an answer is scored on the gold answer

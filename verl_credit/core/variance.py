@@ -92,11 +92,16 @@ def r3_rewards(
     lp, m = logprobs.double() * mask, mask.double()
     rm = real.double().unsqueeze(1)
     n = _group_sum(rm.squeeze(1), g, G)  # rollouts with a reference, per group
-    # the group's reference mask, and a check that every row of the group has the same
-    m_g = _group_sum(m * rm, g, G) / n.clamp_min(1).unsqueeze(1)
-    if bool(((m - m_g[g]).abs() * rm > 1e-9).any()):
-        row = int((((m - m_g[g]).abs() * rm) > 1e-9).any(dim=1).nonzero()[0])
+    # every rollout of a group must carry the group's reference: compare with the group's first rollout
+    rows = torch.arange(len(g))
+    first = torch.full((G,), len(g), dtype=torch.long).scatter_reduce_(0, g[real], rows[real], reduce="amin")
+    differs = real & (m != m[first.clamp(max=max(len(g) - 1, 0))[g]]).any(dim=1)
+    if bool(differs.any()):
+        row = int(differs.nonzero()[0])
         raise ValueError(f"rollout {row}: its reference-answer mask differs from the rest of its group")
+    m_g = torch.where(
+        (n > 0).unsqueeze(1), m[first.clamp(max=max(len(g) - 1, 0))], torch.zeros(G, m.shape[1], dtype=m.dtype)
+    )
     mean = _group_sum(lp * rm, g, G) / n.clamp_min(1).unsqueeze(1)
     var = _group_sum(((lp - mean[g]) ** 2) * m * rm, g, G) / n.clamp_min(1).unsqueeze(1)
     sigma = var.clamp_min(0).sqrt() * m_g

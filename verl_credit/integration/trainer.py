@@ -86,11 +86,6 @@ def validate_run_config(config) -> CreditConfig:
                 f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode} is sequence-level; verl_credit's "
                 "token-level advantages and weights need a token-level loss (e.g. vanilla)"
             )
-        if weighting and credit.counterfactual.answer_source == "gold":
-            raise ValueError(
-                "credit.counterfactual.answer_source=gold is not wired into the trainer yet (the scoring API "
-                "supports it): use answer_source=own"
-            )
     return credit
 
 

@@ -72,7 +72,13 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
     if stage.get("counterfactual") is not None:
         config = CounterfactualConfig(**stage["counterfactual"])
         rows = _request(data, "credit_cf_request", n).nonzero().flatten().tolist()
-        res = score_spans(tokenizer, score_fn, prompts, responses, config, rows=rows)
+        gold = None
+        if config.answer_source == "gold":
+            models = data.get("reward_model").tolist() if rows else []
+            gold = [torch.zeros(0, dtype=torch.long)] * n
+            for row in rows:
+                gold[row] = reference_ids(tokenizer, models[row], config.gold_template, row)
+        res = score_spans(tokenizer, score_fn, prompts, responses, config, rows=rows, gold_answers=gold)
         out.update(credit_cf_scores=res.scores, credit_cf_spans=res.spans, credit_cf_answer=res.answer)
         if n:
             tokens[0] += torch.tensor([res.forward_tokens, res.naive_tokens])
