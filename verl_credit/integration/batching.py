@@ -35,7 +35,7 @@ from verl_credit.core.batching import (
     relative_imbalance,
     required_padding,
 )
-from verl_credit.integration.verl_registry import TRAINER_MODE
+from verl_credit.integration.verl_registry import require_plugin_trainer
 
 __all__ = ["QueryPreservedBatchingMixin", "check_batching_config", "verl_balance", "row_uids"]
 
@@ -87,12 +87,7 @@ def check_batching_config(config, credit) -> None:
     ]
     if not wanted:
         return
-    if not _select(config, "trainer.use_v1", False) or _select(config, "trainer.v1.trainer_mode") != TRAINER_MODE:
-        raise ValueError(
-            f"{wanted[0]} runs in the plugin trainer: set trainer.use_v1=true and trainer.v1.trainer_mode="
-            f"{TRAINER_MODE} (got use_v1={_select(config, 'trainer.use_v1')!r}, trainer_mode="
-            f"{_select(config, 'trainer.v1.trainer_mode')!r}), or launch with `python -m verl_credit.main_ppo`"
-        )
+    require_plugin_trainer(config, wanted[0])
 
     if batching.query_preserved:
         if _select(config, "actor_rollout_ref.actor.shuffle", False):

@@ -39,7 +39,7 @@ from verl_credit.core.length_reward import (
     resolve_scorer,
     run_scorer,
 )
-from verl_credit.integration.verl_registry import TRAINER_MODE
+from verl_credit.integration.verl_registry import require_plugin_trainer
 
 __all__ = [
     "RAW_SCORES_FIELD",
@@ -67,20 +67,9 @@ def validate_length_reward_run(config, credit: CreditConfig) -> None:
     if not lr.enabled:
         return
     resolve_scorer(lr.scorer).check_available()
-    if not config.trainer.get("use_v1", False):
-        raise ValueError("credit.length_reward.enabled=true needs the V1 trainer: set trainer.use_v1=true")
-    mode = config.trainer.v1.trainer_mode
-    if mode != TRAINER_MODE:
-        raise ValueError(
-            f"credit.length_reward.enabled=true runs in the plugin trainer: set trainer.v1.trainer_mode="
-            f"{TRAINER_MODE} (got {mode!r}), or launch with `python -m verl_credit.main_ppo`"
-        )
-    n = config.actor_rollout_ref.rollout.n
-    if n < 2:
-        raise ValueError(
-            "credit.length_reward takes its reference token counts from the other rollouts of the prompt: "
-            f"actor_rollout_ref.rollout.n must be >= 2, got {n}"
-        )
+    require_plugin_trainer(
+        config, "credit.length_reward.enabled=true", "takes its reference token counts from the other rollouts"
+    )
 
 
 def apply_length_reward(

@@ -30,7 +30,7 @@ from verl_credit.integration.length_reward import LengthRewardMixin, validate_le
 from verl_credit.integration.scoring_stage import ScoringStageMixin
 from verl_credit.integration.token_flip import TokenFlipDiagnosticMixin
 from verl_credit.integration.tq_batch import compute_plugin_advantage
-from verl_credit.integration.verl_registry import TRAINER_MODE, register_estimator_stubs
+from verl_credit.integration.verl_registry import TRAINER_MODE, register_estimator_stubs, require_plugin_trainer
 from verl_credit.registry import get_estimator, list_estimators
 from verl_credit.weighting import weighting_active
 
@@ -66,20 +66,7 @@ def validate_run_config(config) -> CreditConfig:
             f"not algorithm.adv_estimator={name}"
         )
     if name in list_estimators() or weighting:
-        if not config.trainer.get("use_v1", False):
-            raise ValueError(f"algorithm.adv_estimator={name} needs the V1 trainer: set trainer.use_v1=true")
-        mode = config.trainer.v1.trainer_mode
-        if mode != TRAINER_MODE:
-            raise ValueError(
-                f"algorithm.adv_estimator={name} runs in the plugin trainer: set trainer.v1.trainer_mode="
-                f"{TRAINER_MODE} (got {mode!r}), or launch with `python -m verl_credit.main_ppo`"
-            )
-        n = config.actor_rollout_ref.rollout.n
-        if n < 2:
-            raise ValueError(
-                f"algorithm.adv_estimator={name} compares the rollouts of one prompt: "
-                f"actor_rollout_ref.rollout.n must be >= 2, got {n}"
-            )
+        require_plugin_trainer(config, f"algorithm.adv_estimator={name}", "compares the rollouts of one prompt")
         loss_mode = config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla")
         if loss_mode in SEQUENCE_LEVEL_LOSSES:
             raise ValueError(

@@ -15,6 +15,23 @@ from verl_credit.registry import list_estimators
 TRAINER_MODE = "credit"
 
 
+def require_plugin_trainer(config, feature: str, group_reason: str | None = None) -> None:
+    """Start-up check shared by every plugin feature: ValueError unless the run uses the plugin
+    trainer (``trainer.use_v1=true``, ``trainer.v1.trainer_mode=credit``) and, when ``group_reason``
+    is given, ``actor_rollout_ref.rollout.n >= 2``. ``feature`` names the setting that needs it."""
+    if not config.trainer.get("use_v1", False):
+        raise ValueError(f"{feature} needs the V1 trainer: set trainer.use_v1=true")
+    mode = config.trainer.v1.trainer_mode
+    if mode != TRAINER_MODE:
+        raise ValueError(
+            f"{feature} runs in the plugin trainer: set trainer.v1.trainer_mode={TRAINER_MODE} "
+            f"(got {mode!r}), or launch with `python -m verl_credit.main_ppo`"
+        )
+    n = config.actor_rollout_ref.rollout.n
+    if group_reason is not None and n < 2:
+        raise ValueError(f"{feature} {group_reason}: actor_rollout_ref.rollout.n must be >= 2, got {n}")
+
+
 def _stub_for(name: str):
     def plugin_estimator_stub(*args, **kwargs):
         raise RuntimeError(
