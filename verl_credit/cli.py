@@ -1,6 +1,9 @@
 """``verl-credit``: the plugin's command line.
 
 verl-credit doctor [--json]   check, in a fresh Python process, that verl loads the plugin.
+verl-credit gym [--quick]     the credit gym: token-credit precision and learning on a tiny task.
+verl-credit explain [...]     sample solutions on the CPU and write an HTML report of every
+                              estimator's token-level credit (``verl-credit explain --help``).
 """
 
 from __future__ import annotations
@@ -89,9 +92,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_doc = sub.add_parser("doctor", help="check that verl loads the plugin (fresh process)")
     p_doc.add_argument("--json", action="store_true", help="print the full report as JSON")
+    from verl_credit.explain.options import add_arguments, config_from_args
+
+    add_arguments(sub.add_parser("explain", help="HTML report of every estimator's credit on sampled solutions (CPU)"))
+    p_gym = sub.add_parser("gym", help="credit gym: does an estimator find the tokens that matter? (CPU, minutes)")
+    from verl_credit.gym.cli import add_arguments as gym_arguments
+
+    gym_arguments(p_gym)
     args = parser.parse_args(argv)
+    if args.command == "gym":
+        from verl_credit.gym.cli import run as gym_run
+
+        gym_run(args)
+        return 0
     if args.command == "doctor":
         return doctor(as_json=args.json)
+    if args.command == "explain":
+        from verl_credit.explain.run import main as explain_main
+
+        return explain_main(config_from_args(args))
     return 2
 
 

@@ -63,9 +63,9 @@ FILLERS = (
     "now we go on with it",
     "i will write it out",
 )
-_STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
+_STEP = re.compile(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$")
 _SIDE = re.compile(r"^note (\d+)([+\-*])(\d+)=(\d+)$")
-_ANSWER = re.compile(r"^#### (\d+)$")
+_ANSWER = re.compile(r"^#### (-?\d+)$")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class TaskConfig:
         filler_rate: chance of a filler line before each step and before the answer. Default 0.3.
         side_rate: chance of a side step (``note a+b=c``) before each step. Default 0.15.
         error_rate: chance that a demonstration writes a step's result off by 1-3 (later steps carry
-            the error, so the demonstration ends wrong). Default 0.12.
+            the error, so the demonstration usually ends wrong; values may then leave [0, max_value], even
+            go negative). Default 0.12.
     """
 
     min_steps: int = 2
@@ -111,7 +112,9 @@ class Problem:
 
     @property
     def prompt(self) -> str:
-        return "Q " + str(self.start) + "".join(f"{op}{x}" for op, x in zip(self.ops, self.operands, strict=True)) + "\n"
+        return (
+            "Q " + str(self.start) + "".join(f"{op}{x}" for op, x in zip(self.ops, self.operands, strict=True)) + "\n"
+        )
 
     @property
     def values(self) -> list[int]:
@@ -174,7 +177,7 @@ def _step_segments(a: int, op: str, b: int, c: int, label: int, prefix: str = ""
 def demonstration(problem: Problem, rng: random.Random, config: TaskConfig | None = None, perfect: bool = False):
     """A labelled solution: list[Segment]. Imperfect unless ``perfect``: random fillers and side
     steps, and each step's result is wrong with probability ``error_rate`` (the error propagates,
-    the written chain stays consistent, so the final answer is then wrong)."""
+    the written chain stays consistent, so the final answer is then wrong, unless two errors cancel)."""
     cfg = config or TaskConfig()
     segs: list[Segment] = []
     v = problem.start
@@ -239,11 +242,15 @@ def token_labels(tokenizer, ids, problem: Problem | None = None, segments: list[
 
     Each character gets its segment's label; a token takes the label of its characters with the
     priority CAUSAL < ANSWER < SIDE < FILLER < FORMAT (a token touching a causal digit is causal).
-    Special tokens and tokens with no characters are FORMAT.
+    Special tokens and tokens with no characters are FORMAT; the text from the first special token
+    on is not parsed (a sampled response ends with eos).
     Shapes: ids (T,) -> LongTensor[T].
     """
     text, starts, ends = token_char_offsets(tokenizer, ids)
-    segs = segments if segments is not None else label_solution(text, problem)
+    special = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+    first_special = next((t for t, i in enumerate(ids) if int(i) in special), None)
+    body = text if first_special is None else text[: int(starts[first_special])]
+    segs = segments if segments is not None else label_solution(body, problem)
     char_label = torch.full((len(text) + 1,), FORMAT, dtype=torch.long)
     pos = 0
     for seg in segs:
@@ -254,7 +261,6 @@ def token_labels(tokenizer, ids, problem: Problem | None = None, segments: list[
     priority = torch.tensor([0, 3, 2, 4, 1])  # rank of CAUSAL, FILLER, SIDE, FORMAT, ANSWER
     order = torch.tensor([CAUSAL, ANSWER, SIDE, FILLER, FORMAT])
     out = torch.full((len(ids),), FORMAT, dtype=torch.long)
-    special = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
     for t, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
         if e > s and int(ids[t]) not in special:
             out[t] = order[priority[char_label[s:e]].min()]
@@ -263,5 +269,5 @@ def token_labels(tokenizer, ids, problem: Problem | None = None, segments: list[
 
 def grade(text: str, problem: Problem) -> float:
     """1.0 when the first ``#### n`` line's n equals the problem's answer, else 0.0."""
-    m = re.search(r"^#### (\d+)$", text, flags=re.MULTILINE)
+    m = re.search(r"^#### (-?\d+)$", text, flags=re.MULTILINE)
     return 1.0 if m is not None and int(m.group(1)) == problem.answer else 0.0

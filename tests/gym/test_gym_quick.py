@@ -1,0 +1,83 @@
+"""``verl-credit gym --quick`` end to end, a user estimator in the table, and the AUC maths."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import mannwhitneyu
+
+import verl_credit
+from verl_credit.cli import main
+from verl_credit.core.groups import group_outcome_advantage
+from verl_credit.gym.credit import auc, bootstrap_auc
+
+
+@verl_credit.register_estimator("gym_test_half_credit")
+def gym_test_half_credit(batch, ctx):
+    """GRPO advantage on the first half of each response, half of it on the rest."""
+    z = group_outcome_advantage(batch.scores, batch.groups, ctx.norm_adv_by_std, ctx.config.epsilon)
+    pos = torch.arange(batch.responses.shape[1]).float()
+    half = batch.response_mask.sum(-1, keepdim=True) / 2
+    scale = torch.where(pos < half, 1.0, 0.5)
+    return verl_credit.CreditOutput(advantages=z[:, None] * scale * batch.response_mask)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_matches_mannwhitneyu(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, size=200).astype(float)  # many ties
+    positive = rng.random(200) < 0.4
+    u = mannwhitneyu(scores[positive], scores[~positive], alternative="two-sided").statistic
+    assert auc(scores, positive) == pytest.approx(u / (positive.sum() * (~positive).sum()), abs=1e-12)
+    # integer weights are repetitions
+    w = rng.integers(0, 3, size=200)
+    rep_s, rep_p = np.repeat(scores, w), np.repeat(positive, w)
+    u = mannwhitneyu(rep_s[rep_p], rep_s[~rep_p], alternative="two-sided").statistic
+    assert auc(scores, positive, w) == pytest.approx(u / (rep_p.sum() * (~rep_p).sum()), abs=1e-12)
+    assert auc(np.arange(10.0), np.arange(10) >= 5) == 1.0
+    assert np.isnan(auc(np.arange(3.0), np.zeros(3, dtype=bool)))
+
+
+def test_bootstrap_interval_brackets_the_point_and_is_seeded():
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(30), 20)
+    positive = rng.random(600) < 0.5
+    scores = rng.normal(size=600) + positive * 0.5
+    a = bootstrap_auc(scores, positive, clusters, n_boot=300, seed=1)
+    assert a == bootstrap_auc(scores, positive, clusters, n_boot=300, seed=1)
+    assert a[1] < a[0] < a[2] and 0.5 < a[0] < 1.0
+
+
+def test_quick_gym_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "gym"
+    argv = ["gym", "--quick", "--out", str(out), "--estimators", "grpo", "ktae", "counterfactual:inverted"]
+    argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "--import", "json", "--threads", "1"]
+    assert main(argv) == 0
+    for name in ("results.json", "results.md", "credit_auc.png", "learning_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "results.json").read_text())
+    signals = [r["signal"] for r in result["credit"]]
+    assert {"grpo", "ktae", "ktae K", "counterfactual:inverted", "variance_weighted", "gym_test_half_credit"} <= set(
+        signals
+    )
+    assert [r["method"] for r in result["learning"]] == [
+        "grpo",
+        "ktae",
+        "counterfactual:inverted",
+        "variance_weighted",
+        "gym_test_half_credit",
+        "grpo+qp+rb",
+    ]
+    assert 0.0 <= result["warm_start"]["pass_rate"] <= 1.0
+    table = (out / "results.md").read_text()
+    assert "| gym_test_half_credit |" in table
+    assert (out / "credit_auc.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run reuses the warm-started model
+    assert main([*argv, "--skip-learning"]) == 0
+    assert json.loads((out / "results.json").read_text())["warm_start"]["cached"] is True
+
+
+def test_unknown_estimator_is_named(tmp_path):
+    with pytest.raises(KeyError, match="no_such_estimator"):
+        main(["gym", "--quick", "--out", str(tmp_path), "--estimators", "no_such_estimator"])

