@@ -29,9 +29,6 @@ import torch
 from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
 
 from verl_credit.core.batching import (
-    GroupRecord,
-    RewardBalancedPool,
-    fill_batch,
     group_rows,
     minibatch_rank_loads,
     query_preserved_layout,
@@ -40,6 +37,7 @@ from verl_credit.core.batching import (
     split_groups,
     worker_minibatches,
 )
+from verl_credit.core.reward_buffer import GroupRecord, RewardBalancedPool, fill_batch
 
 
 def buffer_run(pass_rate: float, stream: str, steps: int, batch_size: int, n: int, seed: int) -> dict:

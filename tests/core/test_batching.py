@@ -13,22 +13,18 @@ from hypothesis import strategies as st
 from verl_credit.core.batching import (
     BatchingConfig,
     DiagnosticsConfig,
-    GroupRecord,
     RewardBalancedConfig,
-    RewardBalancedPool,
-    fill_batch,
     group_rows,
     minibatch_rank_loads,
     pack_groups,
     query_preserved_layout,
     relative_imbalance,
     required_padding,
-    select_balanced_groups,
     split_groups,
-    token_flip_shares,
-    token_flip_shares_loop,
     worker_minibatches,
 )
+from verl_credit.core.reward_buffer import GroupRecord, RewardBalancedPool, fill_batch, select_balanced_groups
+from verl_credit.core.token_flip import token_flip_shares, token_flip_shares_loop
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -19,13 +19,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
 
 import verl_credit.main_ppo  # noqa: F401  (registers the credit schema)
-from verl_credit.core.batching import (
-    minibatch_rank_loads,
-    relative_imbalance,
-    split_groups,
-    token_flip_shares,
-    worker_minibatches,
-)
+from verl_credit.core.batching import minibatch_rank_loads, relative_imbalance, split_groups, worker_minibatches
+from verl_credit.core.token_flip import token_flip_shares
 from verl_credit.integration.batching import row_uids
 from verl_credit.integration.buffer import RewardBalancedReplayBuffer
 from verl_credit.integration.token_flip import POST_UPDATE_FIELD

@@ -9,7 +9,7 @@ Public API:
 One step (B = prompts_per_step x group_size rollouts):
     1. sample G responses per prompt (temperature 1, ``max_new_tokens``), grade them (0/1);
        reward-balanced (``+rb``): sample twice the prompts and keep ``prompts_per_step`` groups
-       chosen by ``core.batching.select_balanced_groups`` (positive share within [rho, 1 - rho]);
+       chosen by ``core.reward_buffer.select_balanced_groups`` (positive share within [rho, 1 - rho]);
     2. old log-probs (no grad); advantages with ``rollout.estimate`` (the integration's path);
     3. ``ppo_epochs`` passes over ``mini_batches`` mini-batches: rows shuffled, or whole groups per
        mini-batch (query-preserved, ``+qp``); loss = verl's ``get_policy_loss_fn("vanilla")``
@@ -31,7 +31,7 @@ from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
 from verl.workers.config.actor import ActorConfig
 
 from verl_credit.config import CreditConfig
-from verl_credit.core.batching import select_balanced_groups
+from verl_credit.core.reward_buffer import select_balanced_groups
 from verl_credit.gym.model import load_policy, response_logprobs
 from verl_credit.gym.rollout import Method, estimate, evaluate, evaluate_sampled, sample
 from verl_credit.gym.task import TaskConfig, make_problems

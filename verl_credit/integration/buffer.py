@@ -16,7 +16,7 @@ same class can be named by hand in a plain verl run (``sampler_kwargs`` then tak
 Each training step (``sample(partition_id="train")``):
     1. wait until no prompt of the partition is pending or running (this step's generation, as
        verl's sync buffer does), read the rewards (``rm_scores``) of the groups that finished and
-       add them to the pool (:class:`~verl_credit.core.batching.RewardBalancedPool`);
+       add them to the pool (:class:`~verl_credit.core.reward_buffer.RewardBalancedPool`);
     2. the pool drops groups older than ``max_age`` and picks ``batch_size`` groups (oldest first)
        with rho <= positive share <= 1 - rho; when it cannot, the buffer calls verl's ``refill_fn``
        for one more batch of prompts (rounded up to ``data.gen_batch_size``) and waits for them, at
@@ -53,7 +53,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
-from verl_credit.core.batching import GroupRecord, RewardBalancedConfig, RewardBalancedPool, fill_batch
+from verl_credit.core.batching import RewardBalancedConfig
+from verl_credit.core.reward_buffer import GroupRecord, RewardBalancedPool, fill_batch
 from verl_credit.integration.batching import PLUGIN_SAMPLER_NAME, PLUGIN_SAMPLER_PATH
 
 __all__ = ["RewardBalancedReplayBuffer", "RewardBalancedBufferMixin", "install_reward_balanced_sampler"]

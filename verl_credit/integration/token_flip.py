@@ -5,7 +5,7 @@
 Every N steps, after verl's actor update, the mixin asks the actor workers for the log-probs of the
 same batch again (``actor_rollout_wg.compute_log_prob``, the call verl's ``_compute_old_log_prob``
 makes, in eval mode without grad), stores them as the TransferQueue field
-``credit_post_update_log_probs`` and logs :func:`~verl_credit.core.batching.token_flip_shares`
+``credit_post_update_log_probs`` and logs :func:`~verl_credit.core.token_flip.token_flip_shares`
 against ``old_log_probs`` and ``advantages``:
 
     credit/token_flip/positive_share   flipped tokens / tokens of rollouts with advantage > 0
@@ -25,7 +25,7 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.workers.utils.padding import response_from_nested
 
-from verl_credit.core.batching import token_flip_shares
+from verl_credit.core.token_flip import token_flip_shares
 
 __all__ = ["TokenFlipDiagnosticMixin", "POST_UPDATE_FIELD"]
 
