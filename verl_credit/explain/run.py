@@ -105,7 +105,10 @@ class ExplainResult:
     timings: dict[str, float] = field(default_factory=dict)
     report_path: Path | None = None
     json_path: Path | None = None
-    grading: str = "math-verify: the final answer against the ground truth"
+    grading: str = (
+        "math-verify (verl_credit.rewards.grade): the last \\boxed{} expression, else the last number or "
+        "expression of the solution, against the ground truth; a solution cut at max_new_tokens is graded too"
+    )
 
 
 def load_model(path: str | None):
@@ -123,9 +126,11 @@ def load_model(path: str | None):
     return model, tokenizer
 
 
-# Bundled problems that SmolLM2-135M-Instruct solves in some samples at temperature 0.7 (screened over all
-# 100 with 4 samples each): listed first, so the default run has groups with correct and wrong solutions.
-DEMO_FIRST = ("gsm116", "gsm269", "gsm737")
+# Bundled problems that SmolLM2-135M-Instruct solves in some samples at temperature 0.7 (all 100 screened
+# with 4 samples each: 11 had a correct one, none more): listed first, in an order whose default seeds
+# (seed + position) gave each a correct and three wrong solutions on our 2-core CPU, so the default run
+# shows mixed groups, the only ones where GRPO and KTAE have a signal.
+DEMO_FIRST = ("gsm799", "gsm125", "gsm269")
 
 
 def select_problems(config: ExplainConfig) -> tuple[list[Problem], str]:

@@ -249,7 +249,10 @@ def ktae_view(ws: Workspace) -> Section:
             for tok, k in zip(batch.responses[i][valid].tolist(), K[i][valid].tolist(), strict=True):
                 value.setdefault(tok, k)
                 holders.setdefault(tok, set()).add(i)
-        for tok in sorted(value, key=lambda t: -abs(value[t]))[:8]:
+        ranked = sorted(value, key=lambda t: -value[t])
+        positive = [t for t in ranked if value[t] > 0][:5]
+        negative = [t for t in reversed(ranked) if value[t] < 0][:5]
+        for tok in positive + negative:
             a = sum(1 for i in holders[tok] if correct[i])
             shown = repr(ws.tokenizer.decode([tok]))
             rows.append([uid, shown, round(value[tok], 4), f"{a}/{C}", f"{len(holders[tok]) - a}/{W}"])
@@ -268,7 +271,7 @@ def ktae_view(ws: Workspace) -> Section:
         ],
         tables=[
             Table(
-                "Key tokens of each mixed group (largest |K|)",
+                "Key tokens of each mixed group (the 5 largest and the 5 most negative K)",
                 ["group", "token", "K", "in correct", "in wrong"],
                 rows,
                 note="" if rows else "No group has both correct and wrong solutions: every K is 0.",
