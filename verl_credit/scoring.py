@@ -197,15 +197,18 @@ def score_spans(
     config: CounterfactualConfig,
     rows: Sequence[int] | None = None,
     gold_answers: Sequence[torch.Tensor] | None = None,
+    spans: Sequence[ResponseSpans] | None = None,
 ) -> SpanScores:
-    """Find spans of every rollout, score the original and each span-masked variant of ``rows``
-    (default: all), with identical (prompt, response) pairs scored once.
+    """Find spans of every rollout (or take ``spans`` already found with ``config``), score the
+    original and each span-masked variant of ``rows`` (default: all), with identical
+    (prompt, response) pairs scored once.
 
     Shapes: prompts / responses: B 1-D LongTensors (valid tokens only) -> SpanScores (B rows).
     """
     B, S = len(responses), config.max_spans
     rows = list(range(B)) if rows is None else [int(r) for r in rows]
-    spans = find_spans(tokenizer, [r.tolist() for r in responses], config)
+    if spans is None:
+        spans = find_spans(tokenizer, [r.tolist() for r in responses], config)
     first_of: dict[tuple, int] = {}
     unique_rows, copy_from = [], {}
     for row in rows:
@@ -262,16 +265,20 @@ def score_reference(
     references: Sequence[torch.Tensor],
     rows: Sequence[int],
     params: SpanParams | None = None,
+    spans: Sequence[ResponseSpans] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """l_ij = log pi(y_j | prompt, reasoning_i, y_<j): each rollout's reasoning (its own answer
-    removed, with the same answer detection as the spans) followed by its reference answer ids.
+    removed, with the same answer detection as the spans: pass the run's span settings as
+    ``params``, e.g. ``credit.counterfactual``, or the ``spans`` already found with them)
+    followed by its reference answer ids.
 
     Shapes: B prompts / responses / references (1-D LongTensors) -> (logprobs (B, J) float,
     mask (B, J) long, forward tokens); rows not in ``rows`` have an all-zero mask. Identical
     (prompt, response, reference) triples are scored once.
     """
     B = len(responses)
-    spans = find_spans(tokenizer, [r.tolist() for r in responses], params or SpanParams())
+    if spans is None:
+        spans = find_spans(tokenizer, [r.tolist() for r in responses], params or SpanParams())
     first_of: dict[tuple, int] = {}
     unique, copies = [], {}
     for row in rows:

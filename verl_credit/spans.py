@@ -24,13 +24,21 @@ the ids), so byte-level BPE tokens that hold part of a number or a leading space
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SpanParams", "ResponseSpans", "token_char_offsets", "find_answer_start", "find_spans"]
+__all__ = [
+    "SpanParams",
+    "ResponseSpans",
+    "span_params_of",
+    "token_char_offsets",
+    "find_answer_start",
+    "find_spans",
+]
 
 _NUM = r"\$?\(?-?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)\)?%?"
 _OP = r"\s*[-+*/×÷x]\s*"
@@ -65,6 +73,11 @@ class SpanParams:
             raise ValueError(
                 f"credit.counterfactual.answer_markers must be non-empty strings, got {self.answer_markers!r}"
             )
+
+
+def span_params_of(config: SpanParams) -> dict:
+    """The span settings of ``config`` (a SpanParams or a subclass such as CounterfactualConfig) as plain data."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(SpanParams)}
 
 
 @dataclass

@@ -339,3 +339,40 @@ def test_counterfactual_with_gold_answers(local_tq, tiny):
         atol=1e-4,
     )
     assert not torch.isnan(got[6, 0])  # the rollout without an answer is scored on the gold answer
+
+
+def test_reference_product_uses_the_runs_answer_markers(tiny):
+    """R3 removes each rollout's own answer with the same detection as the spans: custom markers count."""
+    from verl_credit.integration.worker import stage_rows
+    from verl_credit.scoring import score_reference
+    from verl_credit.spans import SpanParams, find_spans, span_params_of
+
+    model, tok = tiny
+    responses = [torch.tensor(tok(t)["input_ids"] + [tok.eos_token_id]) for t in (TEXTS[3], TEXTS[2])]
+    prompts = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
+    data = TensorDict(
+        {
+            "prompts": torch.nested.as_nested_tensor(prompts, layout=torch.jagged),
+            "responses": torch.nested.as_nested_tensor(responses, layout=torch.jagged),
+            "response_mask": torch.nested.as_nested_tensor(
+                [torch.ones_like(r) for r in responses], layout=torch.jagged
+            ),
+            "credit_ref_request": torch.tensor([[1], [1]]),
+        },
+        batch_size=[2],
+    )
+    tu.assign_non_tensor_stack(data, "reward_model", [{"ground_truth": "100"}, {"ground_truth": "100"}])
+    custom = SpanParams(answer_markers=["stops"])
+    stage = {
+        "counterfactual": None,
+        "reference": {"answer_template": "#### {answer}"},
+        "span_params": span_params_of(custom),
+    }
+    out = stage_rows(data, tok, hf_scorer(model, tok.pad_token_id), stage)
+    refs = [torch.tensor(tok("#### 100", add_special_tokens=False)["input_ids"])] * 2
+    score = hf_scorer(model, tok.pad_token_id)
+    want, _, _ = score_reference(tok, score, prompts, responses, refs, [0, 1], custom)
+    default, _, _ = score_reference(tok, score, prompts, responses, refs, [0, 1], SpanParams())
+    assert find_spans(tok, [responses[0].tolist()], custom)[0].answer is not None  # "stops" found
+    torch.testing.assert_close(out["credit_ref_logprobs"], want, rtol=0, atol=1e-6)
+    assert not torch.allclose(out["credit_ref_logprobs"][0], default[0])  # default markers would differ

@@ -422,7 +422,7 @@ def variance_view(ws: Workspace) -> Section:
         for i in range(len(ro))
     ]
     logprobs, mask, forward = score_reference(
-        ws.tokenizer, ws.score_fn, ro.prompts, ro.responses, refs, list(range(len(ro)))
+        ws.tokenizer, ws.score_fn, ro.prompts, ro.responses, refs, list(range(len(ro))), ws.ctx.config.counterfactual
     )
     batch = ws.batch({"credit_ref_logprobs": logprobs, "credit_ref_mask": mask})
     out = compute_advantages("variance_weighted", batch, ws.ctx)

@@ -218,7 +218,7 @@ def estimate(
             for p in r.problems
         ]
         rows = [i for i in range(B) if batch.groups.sizes[batch.groups.group[i]] > 1]
-        logprobs, mask, _ = score_reference(tokenizer, score_fn, prompts, responses, refs, rows)
+        logprobs, mask, _ = score_reference(tokenizer, score_fn, prompts, responses, refs, rows, config.counterfactual)
         batch.fields.update(zip(REFERENCE_FIELDS, (logprobs, mask), strict=True))
     out = compute_advantages(spec, batch, ctx)
     if cf is not None:

@@ -28,6 +28,7 @@ from verl.trainer.ppo.utils import Role
 from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage, sequence_scores
 from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict
 from verl_credit.registry import get_estimator, list_estimators
+from verl_credit.spans import SpanParams, span_params_of
 from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
@@ -66,8 +67,11 @@ def scoring_requests(uids, rm_scores, response_mask, prompts, responses):
     return cf_request, copies, ref_request
 
 
-def run_scoring_stage(batch: KVBatchMeta, worker_group, products: dict, temperature: float, metrics: dict) -> None:
-    """Ask the actor workers for the stage's products; results land in TransferQueue."""
+def run_scoring_stage(
+    batch: KVBatchMeta, worker_group, products: dict, span_params: SpanParams, temperature: float, metrics: dict
+) -> None:
+    """Ask the actor workers for the stage's products; results land in TransferQueue. ``span_params``
+    (the run's ``credit.counterfactual``) drive answer detection for every product."""
     start = time.perf_counter()
     fields = ["uid", "rm_scores", "response_mask", "prompts", "responses"]
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
@@ -89,6 +93,7 @@ def run_scoring_stage(batch: KVBatchMeta, worker_group, products: dict, temperat
     batch.extra_info[STAGE_KEY] = {
         "counterfactual": config_dict(cf) if cf is not None else None,
         "reference": {"answer_template": ref.answer_template} if ref is not None else None,
+        "span_params": span_params_of(span_params),
     }
     batch.extra_info["temperature"] = temperature
     worker_group.compute_credit_scores(batch)
@@ -133,5 +138,6 @@ class ScoringStageMixin:
         products = self._stage_products()
         if any(v is not None for v in products.values()):
             temperature = self.config.actor_rollout_ref.rollout.temperature
-            run_scoring_stage(batch, self.actor_rollout_wg, products, temperature, metrics)
+            span_params = self.credit_config.counterfactual
+            run_scoring_stage(batch, self.actor_rollout_wg, products, span_params, temperature, metrics)
         return super()._compute_advantage(batch, metrics)

@@ -27,10 +27,12 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from verl_credit.scoring import CounterfactualConfig, score_reference, score_spans
+from verl_credit.spans import SpanParams, find_spans
 
 __all__ = ["CreditActorRolloutRefWorker", "stage_rows", "engine_scorer", "STAGE_KEY", "reference_ids"]
 
-STAGE_KEY = "credit_stage"  # non-tensor entry of the batch: {"counterfactual": dict | None, "reference": dict | None}
+# non-tensor entry of the batch: {"counterfactual": dict | None, "reference": dict | None, "span_params": dict}
+STAGE_KEY = "credit_stage"
 META_KEYS = ("temperature",)
 
 
@@ -69,6 +71,9 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
     masks = _rows(data["response_mask"])
     responses = [r[: int(m.sum())] for r, m in zip(_rows(data["responses"]), masks, strict=True)]
     out, tokens = {}, torch.zeros(n, 2, dtype=torch.long)
+    # one answer/span detection for both products, with the run's ``credit.counterfactual`` span settings
+    span_params = SpanParams(**stage["span_params"]) if stage.get("span_params") else SpanParams()
+    spans = find_spans(tokenizer, [r.tolist() for r in responses], span_params)
     if stage.get("counterfactual") is not None:
         config = CounterfactualConfig(**stage["counterfactual"])
         rows = _request(data, "credit_cf_request", n).nonzero().flatten().tolist()
@@ -78,7 +83,7 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
             gold = [torch.zeros(0, dtype=torch.long)] * n
             for row in rows:
                 gold[row] = reference_ids(tokenizer, models[row], config.gold_template, row)
-        res = score_spans(tokenizer, score_fn, prompts, responses, config, rows=rows, gold_answers=gold)
+        res = score_spans(tokenizer, score_fn, prompts, responses, config, rows=rows, gold_answers=gold, spans=spans)
         out.update(credit_cf_scores=res.scores, credit_cf_spans=res.spans, credit_cf_answer=res.answer)
         if n:
             tokens[0] += torch.tensor([res.forward_tokens, res.naive_tokens])
@@ -89,7 +94,7 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
         refs = [torch.zeros(0, dtype=torch.long)] * n
         for row in rows:
             refs[row] = reference_ids(tokenizer, models[row], template, row)
-        logprobs, mask, forward = score_reference(tokenizer, score_fn, prompts, responses, refs, rows)
+        logprobs, mask, forward = score_reference(tokenizer, score_fn, prompts, responses, refs, rows, spans=spans)
         out.update(credit_ref_logprobs=logprobs, credit_ref_mask=mask)
         if n:
             naive = sum(prompts[r].numel() + responses[r].numel() for r in rows)
