@@ -235,6 +235,36 @@ def test_length_reward_section_uses_the_old_log_probs(written):
     assert any(s != 0 for s in shaping)
 
 
+def test_length_reward_section_with_the_counterfactual_scorer(tiny, tmp_path):
+    """scorer=counterfactual in the report: span importances from score_spans, answer and unmeasured
+    tokens significant, no min-max (the description says so)."""
+    from verl_credit.core.counterfactual import token_significance
+
+    model, tokenizer = tiny
+    problems = [
+        Problem("apples", "Tom has 3 apples and buys 4. How many?", [{"role": "user", "content": "3+4?"}], "7"),
+        Problem("half", "What is half of 10?", [{"role": "user", "content": "10/2?"}], "5"),
+    ]
+    rollouts = rollouts_from_texts(tokenizer, problems, WRITTEN)
+    config = ExplainConfig(
+        estimators=["length_reward"],
+        out_dir=str(tmp_path),
+        credit={"length_reward": {"scorer": "counterfactual"}},
+    )
+    result = explain_rollouts(rollouts, model, tokenizer, config, log=lambda m: None)
+    section = result.sections[0]
+    assert "already in [0, 1]" in section.description
+    ro = result.rollouts
+    res = score_spans(
+        tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, CounterfactualConfig()
+    )
+    mask = ro.credit_batch(tokenizer.pad_token_id).response_mask
+    want = token_significance(res.scores, res.spans, res.answer, mask)
+    for got, row, m in zip(section.data["significance"], want, mask, strict=True):
+        assert got == pytest.approx(row[m.bool()].tolist(), abs=1e-5)
+    assert any(v < 0.5 for row in section.data["significance"] for v in row)  # some spans judged insignificant
+
+
 def test_options_and_estimator_selection(tiny, tmp_path):
     assert parse_set_options(["ktae.top=0.5", "credit.counterfactual.answer_markers=['####']"]) == {
         "ktae": {"top": 0.5},

@@ -14,12 +14,10 @@ from __future__ import annotations
 import torch
 
 from verl_credit.batch import CreditBatch, CreditOutput
-from verl_credit.core.counterfactual import control_importance, span_importance, token_weights
+from verl_credit.core.counterfactual import STAGE_FIELDS, control_importance, span_importance, token_weights
 from verl_credit.scoring import CounterfactualConfig
 
 __all__ = ["STAGE_FIELDS", "weighting_active", "needs_scoring_stage", "apply_counterfactual_weights"]
-
-STAGE_FIELDS = ("credit_cf_scores", "credit_cf_spans", "credit_cf_answer")
 
 
 def weighting_active(estimator: str, token_weighting: str) -> bool:

@@ -26,7 +26,7 @@ CF_MODE=${CF_MODE:-counterfactual}
 QUERY_PRESERVED=${QUERY_PRESERVED:-true}
 RHO=${RHO:-0.25}
 LENGTH_REWARD=${LENGTH_REWARD:-false}
-LENGTH_SCORER=${LENGTH_SCORER:-surprisal}     # surprisal | ktae | my_pkg.module:function
+LENGTH_SCORER=${LENGTH_SCORER:-surprisal}     # surprisal | ktae | counterfactual | my_pkg.module:function
 
 "$PYTHON" -m verl_credit.main_ppo "${COMMON_OVERRIDES[@]}" \
     algorithm.adv_estimator="$ESTIMATOR" \

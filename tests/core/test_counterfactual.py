@@ -11,6 +11,8 @@ from verl_credit.core.counterfactual import (
     WeightParams,
     control_importance,
     span_importance,
+    token_significance,
+    token_significance_loop,
     token_weights,
     token_weights_loop,
 )
@@ -81,6 +83,41 @@ def test_vectorised_weights_match_loop(layout, mode, w_min, w_max):
     torch.testing.assert_close(
         token_weights(imp, spans, answer, T, params), token_weights_loop(imp, spans, answer, T, params)
     )
+
+
+def test_significance_by_hand():
+    # S(r) = -2; masking span 0 drops the answer to -5 (I = 3), span 1 to -2.5 (I = 0.5), span 2 raises
+    # it to -1 (I = -1): I_hat = (1, 0.375, 0); the answer and the unmeasured gap at 2 count as 1
+    scores = torch.tensor([[-2.0, -5.0, -2.5, -1.0], [NAN, NAN, NAN, NAN], [-1.0, -4.0, NAN, NAN]])
+    spans = torch.tensor([[[0, 2], [3, 5], [5, 7]], [[0, 3], [3, 6], [-1, -1]], [[1, 4], [-1, -1], [-1, -1]]])
+    answer = torch.tensor([[7, 9], [-1, -1], [4, 6]])
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, 9:] = 0
+    mask[2, 6:] = 0
+    sig = token_significance(scores, spans, answer, mask)
+    assert sig.dtype == torch.float64
+    assert sig[0].tolist() == [1.0, 1.0, 1.0, 0.375, 0.375, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert sig[1].tolist() == [1.0] * 10  # not scored (no answer): nothing is called insignificant
+    assert sig[2].tolist() == [1.0, 0.5, 0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # one span: 0.5
+
+
+@settings(max_examples=80, deadline=None)
+@given(_layouts(), st.data())
+def test_vectorised_significance_matches_loop(layout, data):
+    imp, spans, answer, T = layout
+    B, S = imp.shape
+    scores = torch.full((B, S + 1), NAN, dtype=torch.float64)
+    for i in range(B):
+        if data.draw(st.booleans()):  # a scored rollout
+            scores[i, 0] = data.draw(st.floats(-20, 0))
+            for k in range(S):
+                if spans[i, k, 0] >= 0:
+                    scores[i, k + 1] = data.draw(st.sampled_from([-3.0, -1.0, scores[i, 0].item()]))
+    lengths = torch.tensor([data.draw(st.integers(0, T)) for _ in range(B)])
+    mask = (torch.arange(T) < lengths.unsqueeze(1)).long()
+    got = token_significance(scores, spans, answer, mask)
+    torch.testing.assert_close(got, token_significance_loop(scores, spans, answer, mask))
+    assert ((got >= 0) & (got <= 1)).all() and (got[mask == 0] == 0).all()
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from verl_credit.core.length_reward import (
     run_scorer,
     significance_counts,
     significance_ratios,
+    significance_scorer,
 )
 
 EXPLORE = 3.183098861837907  # 5 / (pi/2)
@@ -285,9 +286,85 @@ def test_scorer_returning_nan_is_a_clear_error():
         run_scorer(get_scorer("ktae"), inputs)
 
 
-def test_counterfactual_scorer_says_what_it_needs():
-    with pytest.raises(ValueError, match="counterfactual scoring stage.*credit.token_weighting=counterfactual"):
-        resolve_scorer("counterfactual").check_available()
+def _cf_stage(rows):
+    """Stage fields for rollouts given as (S(r), [(span, S(r without span))], answer) tuples."""
+    S = max(len(spans) for _, spans, _ in rows)
+    scores = torch.full((len(rows), S + 1), math.nan)
+    spans_t = torch.full((len(rows), S, 2), -1, dtype=torch.long)
+    answer = torch.full((len(rows), 2), -1, dtype=torch.long)
+    for i, (base, spans, ans) in enumerate(rows):
+        scores[i, 0] = base
+        for k, (span, value) in enumerate(spans):
+            spans_t[i, k] = torch.tensor(span)
+            scores[i, k + 1] = value
+        answer[i] = torch.tensor(ans)
+    return {"credit_cf_scores": scores, "credit_cf_spans": spans_t, "credit_cf_answer": answer}
+
+
+def test_counterfactual_scorer_ranks_concise_above_padded():
+    """Padding a correct solution with spans whose removal leaves the answer's log-prob unchanged
+    makes them insignificant (I_hat ~ 0), so the padded solution gains less than the concise one."""
+    critical = [((0, 3), -5.0), ((3, 6), -4.9)]
+    filler = [((6, 9), -1.0), ((9, 12), -1.1), ((12, 15), -0.9)]
+    fields = _cf_stage(
+        [
+            (-1.0, critical, (6, 8)),  # concise, correct
+            (-1.0, critical + filler, (15, 17)),  # padded, correct
+            (-1.0, critical, (6, 8)),  # wrong
+        ]
+    )
+    lengths = torch.tensor([8, 17, 8])
+    mask = (torch.arange(17) < lengths.unsqueeze(1)).long()
+    correct = torch.tensor([True, True, False])
+    groups = group_index_from_uids("aaa")
+    scorer = resolve_scorer("counterfactual")
+    assert scorer.stage == "counterfactual" and not scorer.normalize
+    assert scorer.all_fields == ("credit_cf_scores", "credit_cf_spans", "credit_cf_answer")
+    sig = run_scorer(scorer, ScorerInputs(mask, fields, correct, groups))
+    assert sig[0, :8].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # I_hat (1, 0), answer 1
+    rm = torch.zeros(3, 17)
+    rm[0, 7], rm[1, 16] = 1.0, 1.0
+    res = compute_length_reward(sig, rm, mask, groups, LengthRewardConfig(), EXPLORE, normalize=False)
+    assert res.n_insig.tolist() == [3.0, 9.0, 3.0]  # filler spans at I_hat 0.024, 0.049, 0
+    # reference = mean over the correct ones = 6 -> r_ins 0.5 and 1.5
+    assert res.shaping[:2].tolist() == pytest.approx([5 * math.cos(0.5), 5 * math.cos(1.5)])
+    final = res.shaped_rm_scores.sum(-1)
+    assert final[0] > final[1] > final[2]
+
+
+def test_counterfactual_scorer_needs_the_stage_fields():
+    mask = torch.ones(1, 3, dtype=torch.long)
+    inputs = ScorerInputs(mask, {"responses": torch.zeros(1, 3)}, torch.tensor([True]), group_index_from_uids("a"))
+    with pytest.raises(ValueError, match="scorer 'counterfactual' needs batch field 'credit_cf_scores'"):
+        run_scorer(get_scorer("counterfactual"), inputs)
+
+
+def test_scorer_stage_is_declared_and_checked(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="stage must be one of"):
+        SignificanceScorer("x", lambda i: i.response_mask, stage="reference")
+
+    @significance_scorer(fields=("responses",), normalize=False, stage="counterfactual")
+    def both(inputs):
+        return inputs.response_mask.double()
+
+    assert both.all_fields == ("responses", "credit_cf_scores", "credit_cf_spans", "credit_cf_answer")
+    (tmp_path / "staged_scorer_mod.py").write_text(
+        textwrap.dedent(
+            """
+            def score(inputs):
+                return inputs.response_mask.double()
+            score.stage = "counterfactual"
+
+            def bad(inputs):
+                return inputs.response_mask.double()
+            bad.stage = "variance"
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_scorer("staged_scorer_mod:score").stage == "counterfactual"
+    with pytest.raises(ValueError, match=r"staged_scorer_mod:bad: its 'stage' must be one of"):
+        resolve_scorer("staged_scorer_mod:bad")
 
 
 def test_ktae_scorer_is_abs_key_token_value():

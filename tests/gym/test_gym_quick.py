@@ -61,6 +61,7 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     assert {"grpo", "ktae", "ktae K", "counterfactual:inverted", "variance_weighted", "gym_test_half_credit"} <= set(
         signals
     )
+    assert {f"bingo significance ({n})" for n in ("surprisal", "ktae", "counterfactual")} <= set(signals)
     assert [r["method"] for r in result["learning"]] == [
         "grpo",
         "ktae",

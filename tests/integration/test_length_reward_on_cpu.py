@@ -188,7 +188,6 @@ def test_user_scorer_needing_an_absent_field_is_named(local_tq, tmp_path, monkey
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["credit.length_reward.scorer=counterfactual"], "counterfactual scoring stage"),
         (["actor_rollout_ref.rollout.n=1"], "rollout.n must be >= 2"),
         (["trainer.v1.trainer_mode=sync"], "trainer_mode=credit"),
         (["credit.length_reward.scorer=no_such_pkg_xyz.mod:fn"], "cannot import module 'no_such_pkg_xyz.mod'"),

@@ -212,6 +212,8 @@ def test_worker_is_injected_only_when_needed():
         (["algorithm.adv_estimator=counterfactual"], True),
         (["algorithm.adv_estimator=ktae"], False),
         (["algorithm.adv_estimator=counterfactual", "credit.counterfactual.mode=uniform"], False),
+        (["credit.length_reward.enabled=true", "credit.length_reward.scorer=counterfactual"], True),
+        (["credit.length_reward.enabled=true", "credit.length_reward.scorer=surprisal"], False),
     ]:
         t = T()
         t.config = _config(*overrides)
@@ -376,3 +378,156 @@ def test_reference_product_uses_the_runs_answer_markers(tiny):
     assert find_spans(tok, [responses[0].tolist()], custom)[0].answer is not None  # "stops" found
     torch.testing.assert_close(out["credit_ref_logprobs"], want, rtol=0, atol=1e-6)
     assert not torch.allclose(out["credit_ref_logprobs"][0], default[0])  # default markers would differ
+
+
+class ShardedWorkerGroup(SingleRankWorkerGroup):
+    """verl's dp dispatch over ``shards`` ranks: contiguous chunks of keys, one worker call each."""
+
+    def __init__(self, worker, shards=2):
+        super().__init__(worker)
+        self.shards, self.widths = shards, []
+
+    def compute_credit_scores(self, batch):
+        self.calls += 1
+        size = -(-len(batch) // self.shards)
+        for start in range(0, len(batch), size):
+            keys = batch.keys[start : start + size]
+            data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id)
+            tu.assign_non_tensor(data, **batch.extra_info)
+            output = self.worker.compute_credit_scores(data)
+            self.widths.append({k: tuple(v.shape[1:]) for k, v in output.items()})
+            tq.kv_batch_put(keys=keys, partition_id=batch.partition_id, fields=output)
+        return batch
+
+
+def test_dp_shards_write_their_own_widths(local_tq, tiny):
+    """Each rank writes its own J (reference tokens): the trainer reads the rows back nested and
+    pads them as absent; advantages equal the single-rank run's. S (spans) is max_spans everywhere."""
+    trainer, batch, *_ = _setup(
+        local_tq,
+        tiny,
+        "algorithm.adv_estimator=variance_weighted",
+        "credit.token_weighting=counterfactual",
+        truths=TRUTHS,
+    )
+    trainer._compute_advantage(batch, {})
+    single = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    trainer.actor_rollout_wg = ShardedWorkerGroup(trainer.actor_rollout_wg.worker, shards=3)
+    trainer._compute_advantage(batch, {})
+    widths = trainer.actor_rollout_wg.widths
+    assert len({w["credit_ref_logprobs"] for w in widths}) > 1  # the shards really differ in J
+    assert len({w["credit_cf_scores"] for w in widths}) == 1
+    torch.testing.assert_close(_read(batch, "advantages").to_padded_tensor()["advantages"], single)
+
+
+def test_stage_tensors_pad_with_absent_values():
+    from verl_credit.integration.scoring_stage import stage_tensors
+
+    def nested(rows):
+        return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+    data = TensorDict(
+        {
+            "credit_cf_scores": nested([torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -2.0, -3.0])]),
+            "credit_cf_spans": nested([torch.tensor([[0, 2]]), torch.tensor([[0, 2], [2, 4]])]),
+            "credit_ref_mask": nested([torch.tensor([1]), torch.tensor([1, 1])]),
+            "credit_cf_answer": torch.tensor([[3, 5], [4, 6]]),
+        },
+        batch_size=[2],
+    )
+    out = stage_tensors(data, ["credit_cf_scores", "credit_cf_spans", "credit_ref_mask", "credit_cf_answer"])
+    assert torch.isnan(out["credit_cf_scores"][0, 2]) and out["credit_cf_scores"][1, 2] == -3.0
+    assert out["credit_cf_spans"][0, 1].tolist() == [-1, -1]
+    assert out["credit_ref_mask"].tolist() == [[1, 0], [1, 1]]
+    assert out["credit_cf_answer"].tolist() == [[3, 5], [4, 6]]
+
+
+def _length_expected(tiny, trainer, prompts, responses, scores, uids, rows):
+    """The length reward with the counterfactual scorer computed directly: score_spans on CPU,
+    core token significance, core shaping (lambda_dyn = explore at step 3)."""
+    from verl_credit.core.counterfactual import token_significance
+    from verl_credit.core.length_reward import DynamicLambdaSchedule, compute_length_reward
+
+    model, tok = tiny
+    cfg = trainer.credit_config
+    res = score_spans(
+        tok,
+        hf_scorer(model, tok.pad_token_id),
+        [torch.tensor(p) for p in prompts],
+        [torch.tensor(r) for r in responses],
+        cfg.counterfactual,
+        rows=rows,
+    )
+    T = max(len(r) for r in responses)
+    mask = torch.zeros(len(responses), T, dtype=torch.long)
+    rm = torch.zeros(len(responses), T)
+    for i, r in enumerate(responses):
+        mask[i, : len(r)] = 1
+        rm[i, len(r) - 1] = scores[i]
+    significance = token_significance(res.scores, res.spans, res.answer, mask)
+    lambda_dyn = DynamicLambdaSchedule(cfg.length_reward).value_at(trainer.global_steps)
+    out = compute_length_reward(
+        significance, rm, mask, group_index_from_uids(uids), cfg.length_reward, lambda_dyn, normalize=False
+    )
+    return out, res, mask
+
+
+def test_length_reward_counterfactual_scorer(local_tq, tiny):
+    trainer, batch, prompts, responses, scores, uids = _setup(
+        local_tq,
+        tiny,
+        "algorithm.adv_estimator=grpo",
+        "credit.length_reward.enabled=true",
+        "credit.length_reward.scorer=counterfactual",
+    )
+    metrics = {}
+    trainer._compute_advantage(batch, metrics)
+    assert trainer.actor_rollout_wg.calls == 1
+    req = _read(batch, "credit_cf_request").to_padded_tensor()["credit_cf_request"].flatten().tolist()
+    # every real rollout of a group of >= 2, the all-correct group too (row 3 copies row 0); no padding
+    assert req == [1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0]
+    B = len(uids)
+    want, res, mask = _length_expected(tiny, trainer, prompts, responses, scores, uids, rows=list(range(B)))
+    got = _read(batch, "rm_scores", "credit_raw_rm_scores").to_padded_tensor()
+    T = mask.shape[1]
+    torch.testing.assert_close(got["rm_scores"][:B, :T].double(), want.shaped_rm_scores.double(), rtol=0, atol=1e-5)
+    assert got["credit_raw_rm_scores"][:B].sum(-1).tolist() == scores
+    assert want.n_insig[[0, 1, 2, 4, 5, 7]].gt(0).all()  # every rollout with spans has an insignificant one
+    assert want.n_insig[6] == 0 and torch.isnan(res.scores[6]).all()  # no answer: nothing measured
+    assert metrics["credit/length_reward/insignificant_tokens/mean"] > 0
+    # the shaped reward reaches grpo: the all-correct group (A = 0 on the raw reward) now has contrast
+    adv = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    z = group_outcome_advantage(want.shaped_rm_scores.double().sum(-1), group_index_from_uids(uids))
+    torch.testing.assert_close(adv[:B, :T].double(), z.double()[:, None] * mask, rtol=1e-4, atol=1e-4)
+    assert adv[4].abs().sum() > 0
+
+
+def test_length_reward_counterfactual_scorer_with_weighting(local_tq, tiny):
+    """One stage run serves both: the scorer before the shaping, the weights after it."""
+    trainer, batch, prompts, responses, scores, uids = _setup(
+        local_tq,
+        tiny,
+        "algorithm.adv_estimator=counterfactual",
+        "credit.length_reward.enabled=true",
+        "credit.length_reward.scorer=counterfactual",
+    )
+    trainer._compute_advantage(batch, {})
+    assert trainer.actor_rollout_wg.calls == 1
+    B = len(uids)
+    want, _, mask = _length_expected(tiny, trainer, prompts, responses, scores, uids, rows=list(range(B)))
+    groups = group_index_from_uids(uids)
+    base = group_outcome_advantage(want.shaped_rm_scores.double().sum(-1), groups).double()[:, None] * mask
+    expected, w, _ = _expected(tiny, prompts, responses, scores, uids, rows=list(range(B)), base=base)
+    adv = _read(batch, "advantages").to_padded_tensor()["advantages"]
+    torch.testing.assert_close(adv[:B, : expected.shape[1]], expected.float(), rtol=1e-4, atol=1e-4)
+    assert (w[4][mask[4].bool()] != 1).any()  # the all-correct group is weighted too (its rows were scored)
+
+
+def test_length_reward_surprisal_scores_every_group_for_weighting(local_tq, tiny):
+    """With the length reward on, the stage runs before the shaping, so it scores every group of >= 2."""
+    trainer, batch, *_ = _setup(
+        local_tq, tiny, "algorithm.adv_estimator=counterfactual", "credit.length_reward.enabled=true"
+    )
+    trainer._compute_advantage(batch, {})
+    req = _read(batch, "credit_cf_request").to_padded_tensor()["credit_cf_request"].flatten().tolist()
+    assert req == [1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0]

@@ -7,6 +7,9 @@ Public API:
     control_importance(I_hat, mode, g) -- the ablation controls.
     token_weights(...)                 -- (B, T) per-token weights, vectorised.
     token_weights_loop(...)            -- the same with Python loops (reference for tests).
+    token_significance(...)            -- (B, T) per-token significance for the length reward's
+                                          ``counterfactual`` scorer; ``token_significance_loop`` beside it.
+    STAGE_FIELDS                       -- the per-rollout fields the scoring stage writes.
 
 Notation: B rollouts, T response positions, S = max spans per rollout. For rollout i with answer a
 and reasoning r, S_i(x) = sum_t log pi(a_t | prompt, x, a_<t) under the current policy, no grad.
@@ -17,6 +20,11 @@ and reasoning r, S_i(x) = sum_t log pi(a_t | prompt, x, a_<t) under the current 
     I_hat = min-max of I over the rollout's spans (all equal -> 0.5)
     w_t = w_min + I_hat_k (w_max - w_min) on tokens of span k, answer_weight on answer tokens,
           1 elsewhere;   token advantage = A_i * w_t.
+Significance (``credit.length_reward.scorer=counterfactual``), in [0, 1], higher = more significant:
+    s_t = I_hat_k on tokens of span k, 1 on answer tokens, and 1 on every token the stage did not
+          measure (between spans, or every token of a rollout without an answer or without spans):
+          a token is called insignificant only on evidence that masking its span costs the answer
+          little. Already normalised, so the length reward thresholds it as it is.
 For w > 0, scaling the advantage by w is exactly the w-weighted PPO clipped (and dual-clipped)
 loss: clip(rho, 1-e, 1+e) * (w A) = w * (clip(rho, 1-e, 1+e) A) and min/max commute with w > 0.
 Absent spans are NaN in ``scores`` and -1 in ``spans``.
@@ -30,13 +38,23 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "STAGE_FIELDS",
+    "STAGE_PADDING",
     "WEIGHT_MODES",
     "WeightParams",
     "span_importance",
     "control_importance",
+    "paint_spans",
     "token_weights",
     "token_weights_loop",
+    "token_significance",
+    "token_significance_loop",
 ]
+
+# what the scoring stage writes per rollout: scores (S+1,) NaN absent, spans (S, 2) and answer (2,), -1 absent
+STAGE_FIELDS = ("credit_cf_scores", "credit_cf_spans", "credit_cf_answer")
+# the "absent" value of each: rows of different S (e.g. from two dp shards) are padded with it
+STAGE_PADDING = {"credit_cf_scores": math.nan, "credit_cf_spans": -1, "credit_cf_answer": -1}
 
 WEIGHT_MODES = ("counterfactual", "uniform", "random", "inverted")
 
@@ -100,31 +118,43 @@ def control_importance(importance: torch.Tensor, mode: str, generator: torch.Gen
     raise ValueError(f"unknown weighting mode {mode!r}; expected one of {WEIGHT_MODES}")
 
 
+def paint_spans(
+    values: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, answer_value: float, T: int, base: float = 1.0
+) -> torch.Tensor:
+    """Per-token values: ``values[i, k]`` on the tokens of span k, ``answer_value`` on the answer's
+    tokens, ``base`` elsewhere, for the whole batch at once.
+
+    Spans of one rollout are disjoint (and disjoint from its answer), so a difference array
+    (+v at the start, -v at the end, cumulative sum) paints every span in one pass.
+    Shapes: values (B, S) (NaN = leave the span at ``base``), spans (B, S, 2) token ranges [start, end)
+            (-1 absent), answer (B, 2) (-1 absent) -> FloatTensor[B, T] float64.
+    """
+    B = values.shape[0]
+    delta = torch.zeros(B, T + 1, dtype=torch.float64)
+    has = (spans[..., 0] >= 0) & ~torch.isnan(values)
+    extra = torch.where(has, values.double() - base, 0.0)
+    delta.scatter_add_(1, spans[..., 0].clamp(0, T).long(), extra)
+    delta.scatter_add_(1, spans[..., 1].clamp(0, T).long(), -extra)
+    a_extra = torch.where(answer[:, 0] >= 0, answer_value - base, 0.0).double().unsqueeze(1)
+    delta.scatter_add_(1, answer[:, :1].clamp(0, T).long(), a_extra)
+    delta.scatter_add_(1, answer[:, 1:].clamp(0, T).long(), -a_extra)
+    return base + delta.cumsum(dim=1)[:, :T]
+
+
 def token_weights(
     importance: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, T: int, params: WeightParams
 ) -> torch.Tensor:
-    """Per-token weights from span importances, for the whole batch at once.
+    """Per-token weights from span importances, for the whole batch at once (:func:`paint_spans`).
 
-    Spans of one rollout are disjoint, so a difference array (+v at the start, -v at the end,
-    cumulative sum) paints every span's weight in one pass.
+        w_t = w_min + I_hat_k (w_max - w_min) on span k, answer_weight on the answer, 1 elsewhere.
     Shapes: importance (B, S) in [0, 1] or NaN, spans (B, S, 2) token ranges (-1 absent),
             answer (B, 2) (-1 absent) -> weights (B, T) float32.
     """
     B = importance.shape[0]
     if params.mode == "uniform":
         return torch.ones(B, T)
-    delta = torch.zeros(B, T + 1, dtype=torch.float64)
-    has = (spans[..., 0] >= 0) & ~torch.isnan(importance)
-    extra = torch.where(has, params.w_min + importance.double() * (params.w_max - params.w_min) - 1.0, 0.0)
-    starts = spans[..., 0].clamp(0, T).long()
-    ends = spans[..., 1].clamp(0, T).long()
-    delta.scatter_add_(1, starts, extra)
-    delta.scatter_add_(1, ends, -extra)
-    has_answer = answer[:, 0] >= 0
-    a_extra = torch.where(has_answer, params.answer_weight - 1.0, 0.0).double().unsqueeze(1)
-    delta.scatter_add_(1, answer[:, :1].clamp(0, T).long(), a_extra)
-    delta.scatter_add_(1, answer[:, 1:].clamp(0, T).long(), -a_extra)
-    return (1.0 + delta.cumsum(dim=1)[:, :T]).float()
+    span_w = params.w_min + importance.double() * (params.w_max - params.w_min)  # NaN stays NaN
+    return paint_spans(span_w, spans, answer, params.answer_weight, T).float()
 
 
 def token_weights_loop(
@@ -147,3 +177,49 @@ def token_weights_loop(
             for t in range(int(answer[i, 0]), min(int(answer[i, 1]), T)):
                 w[i, t] = params.answer_weight
     return w
+
+
+def token_significance(
+    scores: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """Per-token significance from the scoring stage's output (the length reward's ``counterfactual`` scorer).
+
+        s_t = I_hat_k on span k (:func:`span_importance`, the measured importance: the weighting's
+              ablation controls do not apply), 1 on the answer, 1 where nothing was measured; 0 at padding.
+    Shapes: scores (B, S+1) NaN absent, spans (B, S, 2), answer (B, 2) (-1 absent),
+            response_mask [B, T] -> FloatTensor[B, T] float64 in [0, 1].
+    """
+    _, importance = span_importance(scores.double())
+    T = response_mask.shape[-1]
+    values = paint_spans(importance, spans.long(), answer.long(), 1.0, T)
+    return torch.where(response_mask.bool(), values, torch.zeros_like(values))
+
+
+def token_significance_loop(
+    scores: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """Reference for :func:`token_significance`: loops over rollouts, spans and tokens."""
+    B, T = response_mask.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    for i in range(B):
+        base = float(scores[i, 0])
+        measured = []
+        for k in range(spans.shape[1]):
+            value = float(scores[i, k + 1])
+            if int(spans[i, k, 0]) >= 0 and not math.isnan(base) and not math.isnan(value):
+                measured.append((k, base - value))  # I = -D = S(r) - S(r without span k)
+        lo = min((v for _, v in measured), default=0.0)
+        hi = max((v for _, v in measured), default=0.0)
+        for t in range(T):
+            if response_mask[i, t]:
+                out[i, t] = 1.0
+        for k, value in measured:
+            norm = 0.5 if hi - lo <= 1e-9 else (value - lo) / (hi - lo)
+            for t in range(int(spans[i, k, 0]), min(int(spans[i, k, 1]), T)):
+                if response_mask[i, t]:
+                    out[i, t] = norm
+        if int(answer[i, 0]) >= 0:
+            for t in range(int(answer[i, 0]), min(int(answer[i, 1]), T)):
+                if response_mask[i, t]:
+                    out[i, t] = 1.0
+    return out

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from verl_credit.core.counterfactual import STAGE_FIELDS, token_significance
 from verl_credit.core.groups import PADDING_UID_PREFIX, GroupIndex
 from verl_credit.core.ktae import KTAEParams, key_token_values
 
@@ -81,6 +82,7 @@ __all__ = [
 
 HALF_PI = math.pi / 2
 SCHEDULES = ("bingo", "constant")
+SCORER_STAGES = (None, "counterfactual")
 
 
 # --------------------------------------------------------------------------------------- config
@@ -97,8 +99,10 @@ class LengthRewardConfig:
             "surprisal": -log pi_old of each token (the trainer's ``old_log_probs``), min-max
             normalised per response; predictable tokens are insignificant.
             "ktae": |K| of the token (KTAE's key-token value, options from ``credit.ktae``).
-            "counterfactual": span importances of the counterfactual scoring stage (not available
-            yet: selecting it fails at start-up with the reason).
+            "counterfactual": the span importances I_hat of the counterfactual scoring stage (the
+            trainer then runs that stage on every rollout of a group with >= 2 rollouts, span
+            settings from ``credit.counterfactual``); answer tokens and tokens the stage did not
+            measure count as significant (see ``core.counterfactual.token_significance``).
             "module.path:function": a user scorer loaded with importlib (e.g. an LLMLingua-2
             wrapper); a plain callable or one decorated with ``significance_scorer``.
         threshold: float in [0, 1], default 0.5 (the authors' script). A token whose normalised
@@ -184,8 +188,10 @@ class ScorerInputs:
 
     Attributes:
         response_mask: LongTensor[B, T], 1 on valid response tokens.
-        fields: the batch fields the scorer declared, name -> Tensor[B, T] (response-aligned,
-            right-padded), e.g. ``responses`` (LongTensor), ``old_log_probs`` (FloatTensor).
+        fields: the batch fields the scorer declared, name -> Tensor[B, ...]: response-aligned
+            ones right-padded to [B, T], e.g. ``responses`` (LongTensor), ``old_log_probs``
+            (FloatTensor); a scorer with ``stage="counterfactual"`` also gets the stage's per-rollout
+            fields ``credit_cf_scores`` [B, S+1], ``credit_cf_spans`` [B, S, 2], ``credit_cf_answer`` [B, 2].
         correct: BoolTensor[B], outcome reward > ``credit.correct_threshold``.
         groups: GroupIndex of the batch (group id per row, -1 for padding rows).
         ktae_params: KTAE options (the ``ktae`` scorer reads them), ignore ids already resolved.
@@ -214,28 +220,39 @@ class SignificanceScorer:
             (e.g. ``("old_log_probs",)``); the trainer fetches them into ``inputs.fields``.
         normalize: min-max normalise the scores per response before thresholding (True), or
             threshold them as they are (False: the scorer already returns values in [0, 1]).
-        unavailable: None, or the reason the scorer cannot run in this version (start-up fails
-            with it).
+        stage: None, or "counterfactual": the trainer runs the counterfactual scoring stage on
+            every rollout of a group with >= 2 rollouts before the shaping, and adds the stage's
+            fields (``core.counterfactual.STAGE_FIELDS``) to ``inputs.fields``.
     """
 
     name: str
     fn: ScorerFn
     fields: tuple[str, ...] = ()
     normalize: bool = True
-    unavailable: str | None = None
+    stage: str | None = None
 
-    def check_available(self) -> None:
-        """Raise ValueError with the reason when the scorer cannot run."""
-        if self.unavailable is not None:
-            raise ValueError(f"credit.length_reward.scorer={self.name}: {self.unavailable}")
+    def __post_init__(self):
+        if self.stage not in SCORER_STAGES:
+            raise ValueError(
+                f"significance scorer {self.name!r}: stage must be one of {SCORER_STAGES}, got {self.stage!r}"
+            )
+
+    @property
+    def all_fields(self) -> tuple[str, ...]:
+        """``fields`` plus the stage's fields when the scorer asks for a stage."""
+        extra = STAGE_FIELDS if self.stage == "counterfactual" else ()
+        return tuple(dict.fromkeys([*self.fields, *extra]))
 
 
-def significance_scorer(fields: Sequence[str] = ("responses",), normalize: bool = True, name: str | None = None):
+def significance_scorer(
+    fields: Sequence[str] = ("responses",), normalize: bool = True, name: str | None = None, stage: str | None = None
+):
     """Decorator for a user scorer, selected with ``credit.length_reward.scorer=my_pkg.module:function``.
 
     Put ``@significance_scorer(fields=("responses",))`` over ``def my_scorer(inputs: ScorerInputs)``
     returning FloatTensor[B, T] (higher = more significant); ``inputs.tokenizer`` decodes the ids
-    for a text model such as LLMLingua-2. ``normalize=False`` if the scores already lie in [0, 1].
+    for a text model such as LLMLingua-2. ``normalize=False`` if the scores already lie in [0, 1];
+    ``stage="counterfactual"`` to receive the counterfactual scoring stage's span scores as well.
     """
     fields = tuple(fields)
     if not all(isinstance(f, str) and f for f in fields):
@@ -243,7 +260,7 @@ def significance_scorer(fields: Sequence[str] = ("responses",), normalize: bool 
 
     def wrap(fn: ScorerFn) -> SignificanceScorer:
         return SignificanceScorer(
-            name=name or getattr(fn, "__name__", "user"), fn=fn, fields=fields, normalize=normalize
+            name=name or getattr(fn, "__name__", "user"), fn=fn, fields=fields, normalize=normalize, stage=stage
         )
 
     return wrap
@@ -280,8 +297,8 @@ def resolve_scorer(spec: str) -> SignificanceScorer:
     """A registered name, or ``module.path:function`` imported with importlib (never eval).
 
     The imported object may be a :class:`SignificanceScorer` (from ``significance_scorer``) or a
-    plain callable; a plain callable may carry ``fields`` and ``normalize`` attributes (defaults
-    ``("responses",)`` and True). Raises ValueError naming ``credit.length_reward.scorer``.
+    plain callable; a plain callable may carry ``fields``, ``normalize`` and ``stage`` attributes
+    (defaults ``("responses",)``, True, None). Raises ValueError naming ``credit.length_reward.scorer``.
     """
     if ":" not in spec:
         return get_scorer(spec)
@@ -304,7 +321,14 @@ def resolve_scorer(spec: str) -> SignificanceScorer:
     fields = getattr(obj, "fields", ("responses",))
     if isinstance(fields, str) or not all(isinstance(f, str) for f in fields):
         raise ValueError(f"credit.length_reward.scorer={spec}: its 'fields' must be a tuple of field names")
-    return SignificanceScorer(name=spec, fn=obj, fields=tuple(fields), normalize=bool(getattr(obj, "normalize", True)))
+    stage = getattr(obj, "stage", None)
+    if stage not in SCORER_STAGES:
+        raise ValueError(
+            f"credit.length_reward.scorer={spec}: its 'stage' must be one of {SCORER_STAGES}, got {stage!r}"
+        )
+    return SignificanceScorer(
+        name=spec, fn=obj, fields=tuple(fields), normalize=bool(getattr(obj, "normalize", True)), stage=stage
+    )
 
 
 def run_scorer(scorer: SignificanceScorer, inputs: ScorerInputs) -> torch.Tensor:
@@ -313,8 +337,7 @@ def run_scorer(scorer: SignificanceScorer, inputs: ScorerInputs) -> torch.Tensor
     Raises ValueError when a declared field is missing, the output is not a (B, T) tensor, or a
     valid position holds NaN / inf (naming the scorer, the rollout and the position).
     """
-    scorer.check_available()
-    missing = [f for f in scorer.fields if f not in inputs.fields]
+    missing = [f for f in scorer.all_fields if f not in inputs.fields]
     if missing:
         raise ValueError(f"significance scorer {scorer.name!r} needs batch field {missing[0]!r}, which is missing")
     out = scorer.fn(inputs)
@@ -350,26 +373,14 @@ def _ktae_significance(inputs: ScorerInputs) -> torch.Tensor:
 
 
 def _counterfactual(inputs: ScorerInputs) -> torch.Tensor:
-    raise ValueError(f"credit.length_reward.scorer=counterfactual: {_COUNTERFACTUAL_REASON}")
+    """s_it = I_hat of the span holding token t (1 on the answer and on unmeasured tokens), in [0, 1]."""
+    scores, spans, answer = (inputs.fields[f] for f in STAGE_FIELDS)
+    return token_significance(scores, spans, answer, inputs.response_mask)
 
-
-_COUNTERFACTUAL_REASON = (
-    "it reads the per-token span importances of the counterfactual scoring stage "
-    "(credit.token_weighting=counterfactual), which this version of verl_credit does not provide yet; "
-    "use scorer=surprisal, scorer=ktae or a 'module.path:function' scorer"
-)
 
 register_scorer(SignificanceScorer("surprisal", _surprisal, fields=("old_log_probs",), normalize=True))
 register_scorer(SignificanceScorer("ktae", _ktae_significance, fields=("responses",), normalize=True))
-register_scorer(
-    SignificanceScorer(
-        "counterfactual",
-        _counterfactual,
-        fields=("credit_token_importance",),
-        normalize=False,
-        unavailable=_COUNTERFACTUAL_REASON,
-    )
-)
+register_scorer(SignificanceScorer("counterfactual", _counterfactual, normalize=False, stage="counterfactual"))
 BUILTIN_SCORERS = ("surprisal", "ktae", "counterfactual")
 
 

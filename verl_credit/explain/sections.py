@@ -497,6 +497,7 @@ def _length_requires() -> str | None:
 
 @explainer("length_reward", requires=_length_requires)
 def length_reward_view(ws: Workspace) -> Section:
+    from verl_credit.core.counterfactual import STAGE_FIELDS
     from verl_credit.core.length_reward import (
         DynamicLambdaSchedule,
         ScorerInputs,
@@ -505,10 +506,10 @@ def length_reward_view(ws: Workspace) -> Section:
         resolve_scorer,
         run_scorer,
     )
+    from verl_credit.scoring import score_spans
 
     lr = ws.credit.length_reward
     scorer = resolve_scorer(lr.scorer)
-    scorer.check_available()
     batch = ws.batch()
     available = {"responses": batch.responses}
     if "old_log_probs" in scorer.fields:  # what verl's actor computes before the advantage step
@@ -519,12 +520,18 @@ def length_reward_view(ws: Workspace) -> Section:
         for i, lp in enumerate(ws.score_fn(seqs, targets)):
             old[i, : lp.numel()] = lp
         available["old_log_probs"] = old
+    if scorer.stage == "counterfactual":  # the trainer's rule with the length reward on: groups of >= 2
+        rows = (batch.groups.sizes[batch.groups.group.clamp_min(0)] > 1).nonzero().flatten().tolist()
+        res = score_spans(
+            ws.tokenizer, ws.score_fn, ws.rollouts.prompts, ws.rollouts.responses, ws.credit.counterfactual, rows=rows
+        )
+        available.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
     ktae = ws.credit.ktae
     if ktae.ignore_token_ids is None:
         ktae = dataclasses.replace(ktae, ignore_token_ids=list(ws.ctx.special_token_ids))
     inputs = ScorerInputs(
         response_mask=batch.response_mask,
-        fields={f: available[f] for f in scorer.fields},
+        fields={f: available[f] for f in scorer.all_fields},
         correct=ws.correct,
         groups=batch.groups,
         ktae_params=ktae,
@@ -561,7 +568,9 @@ def length_reward_view(ws: Workspace) -> Section:
         title=f"Significance-aware length reward (Bingo), scorer '{lr.scorer}'",
         paper="Liu et al., arXiv 2506.08125; credit.length_reward.enabled=true (composes with any estimator)",
         description=(
-            f"Token significance from the '{lr.scorer}' scorer, min-max normalised per solution; below "
+            f"Token significance from the '{lr.scorer}' scorer"
+            + (", min-max normalised per solution" if scorer.normalize else " (already in [0, 1])")
+            + f"; below "
             f"{lr.threshold} a token is insignificant (red). The group's correct solutions give the reference "
             f"counts; a correct solution gains up to {lr.lambda_c} when it has fewer insignificant tokens than the "
             f"reference, a wrong one loses up to {lr.lambda_wn} + {lr.lambda_we} (lambda_dyn = {lambda_dyn:.3f} "

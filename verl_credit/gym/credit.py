@@ -11,7 +11,9 @@ credit. For an estimator with advantages A (B, T) the signal is the relative cre
     s_it = |A_it| / mean_{t valid} |A_it|
 (a rollout-level estimator such as GRPO gives 1 everywhere: AUC exactly 0.5; for counterfactual
 weighting s_it = w_it / mean w_i). Extra signals: ``ktae K`` = |K(o_it)|, KTAE's key-token value
-alone; ``bingo significance (surprisal|ktae)`` = Bingo's min-max normalised significance scores.
+alone; ``bingo significance (surprisal|ktae|counterfactual)`` = the length reward's significance
+scores (surprisal and ktae min-max normalised; counterfactual: span I_hat, answer and unmeasured
+tokens 1, from the scoring stage run on the rollouts of mixed groups).
 Population: valid tokens of rollouts in mixed groups (some correct, some wrong: the only groups
 where any estimator assigns credit); positives are CAUSAL tokens, negatives FILLER and SIDE tokens
 (``task.LABELS``). AUC = P(s_pos > s_neg) + P(s_pos = s_neg) / 2. The bootstrap resamples groups
@@ -24,11 +26,13 @@ import numpy as np
 import torch
 
 from verl_credit.config import CreditConfig
+from verl_credit.core.counterfactual import STAGE_FIELDS
 from verl_credit.core.groups import group_index_from_uids
 from verl_credit.core.length_reward import ScorerInputs, get_scorer, minmax_normalize, run_scorer
 from verl_credit.gym.model import response_logprobs
 from verl_credit.gym.rollout import Method, Rollouts, estimate
 from verl_credit.gym.task import CAUSAL, FILLER, SIDE
+from verl_credit.scoring import hf_scorer, score_spans
 
 __all__ = ["auc", "bootstrap_auc", "token_signals", "credit_precision"]
 
@@ -125,7 +129,29 @@ def token_signals(
         )
         raw = run_scorer(scorer, inputs)
         signals[f"bingo significance ({name})"] = minmax_normalize(raw, r.response_mask).float()
+    rows = _mixed(r, config)[groups.group].nonzero().flatten().tolist()
+    B = r.responses.shape[0]
+    res = score_spans(
+        tokenizer,
+        hf_scorer(model, tokenizer.pad_token_id),
+        [r.valid("prompt", i) for i in range(B)],
+        [r.valid("response", i) for i in range(B)],
+        config.counterfactual,
+        rows=rows,
+    )
+    stage = dict(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
+    inputs = ScorerInputs(r.response_mask, stage, correct, groups, ktae_params, tokenizer)
+    signals["bingo significance (counterfactual)"] = run_scorer(get_scorer("counterfactual"), inputs).float()
     return signals
+
+
+def _mixed(r: Rollouts, config: CreditConfig) -> torch.Tensor:
+    """BoolTensor[G]: groups with some correct and some wrong rollouts."""
+    groups = group_index_from_uids(r.uids)
+    n_correct = torch.zeros(groups.num_groups).index_add_(
+        0, groups.group, (r.rewards > config.correct_threshold).float()
+    )
+    return (n_correct > 0) & (n_correct < groups.sizes)
 
 
 def credit_precision(
@@ -135,8 +161,7 @@ def credit_precision(
     signals = token_signals(methods, r, model, tokenizer, config)
     groups = group_index_from_uids(r.uids)
     g = groups.group
-    n_correct = torch.zeros(groups.num_groups).index_add_(0, g, (r.rewards > config.correct_threshold).float())
-    mixed = (n_correct > 0) & (n_correct < groups.sizes)
+    mixed = _mixed(r, config)
     keep = r.response_mask.bool() & mixed[g].unsqueeze(1)
     is_pos = keep & (r.labels == CAUSAL)
     is_neg = keep & ((r.labels == FILLER) | (r.labels == SIDE))

@@ -28,6 +28,7 @@ from transfer_queue import KVBatchMeta
 from verl.workers.utils.padding import response_to_nested
 
 from verl_credit.config import CreditConfig
+from verl_credit.core.counterfactual import STAGE_FIELDS
 from verl_credit.core.groups import group_index_from_uids
 from verl_credit.core.length_reward import (
     DynamicLambdaSchedule,
@@ -39,6 +40,7 @@ from verl_credit.core.length_reward import (
     resolve_scorer,
     run_scorer,
 )
+from verl_credit.integration.scoring_stage import stage_tensors
 from verl_credit.integration.verl_registry import require_plugin_trainer
 
 __all__ = [
@@ -59,14 +61,15 @@ BASE_FIELDS = ("uid", "response_mask", "rm_scores")
 def validate_length_reward_run(config, credit: CreditConfig) -> None:
     """Start-up checks of ``credit.length_reward`` against the full trainer config (no-op when off).
 
-    The scorer must resolve (a user ``module:function`` is imported here) and be available; the
-    shaping runs in the plugin trainer (V1, ``trainer.v1.trainer_mode=credit``) and takes its
-    reference counts from the group, so ``actor_rollout_ref.rollout.n >= 2``.
+    The scorer must resolve (a user ``module:function`` is imported here); the shaping runs in the
+    plugin trainer (V1, ``trainer.v1.trainer_mode=credit``) and takes its reference counts from the
+    group, so ``actor_rollout_ref.rollout.n >= 2``. The ``counterfactual`` scorer's stage is added
+    by ``ScoringStageMixin`` (which runs before this mixin).
     """
     lr = credit.length_reward
     if not lr.enabled:
         return
-    resolve_scorer(lr.scorer).check_available()
+    resolve_scorer(lr.scorer)
     require_plugin_trainer(
         config, "credit.length_reward.enabled=true", "takes its reference token counts from the other rollouts"
     )
@@ -86,7 +89,7 @@ def apply_length_reward(
 
     Metrics go to ``metrics`` as ``credit/length_reward/<quantity>/<stat>``.
     """
-    fields = list(dict.fromkeys([*BASE_FIELDS, *scorer.fields]))
+    fields = list(dict.fromkeys([*BASE_FIELDS, *scorer.all_fields]))
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
     missing = [f for f in fields if f not in data.keys()]
     # TransferQueue answers an empty batch (with only a warning) when some rows lack a field
@@ -98,7 +101,10 @@ def apply_length_reward(
         )
     nested_mask = data["response_mask"]
     uids = [u.decode() if isinstance(u, bytes) else str(u) for u in data.get("uid").tolist()]
-    padded = data.select(*[f for f in fields if f != "uid"]).to_padded_tensor()
+    # the stage's per-rollout fields are not response-shaped: padded on their own
+    stage = stage_tensors(data, [f for f in fields if f in STAGE_FIELDS])
+    padded = data.select(*[f for f in fields if f != "uid" and f not in stage]).to_padded_tensor()
+    padded = {**dict(padded.items()), **stage}
     response_mask, rm_scores = padded["response_mask"], padded["rm_scores"]
     groups = group_index_from_uids(uids)
     ktae = credit.ktae
@@ -106,7 +112,7 @@ def apply_length_reward(
         ktae = dataclasses.replace(ktae, ignore_token_ids=list(special_token_ids))
     inputs = ScorerInputs(
         response_mask=response_mask,
-        fields={f: padded[f] for f in scorer.fields},
+        fields={f: padded[f] for f in scorer.all_fields},
         correct=rm_scores.double().sum(-1) > credit.correct_threshold,
         groups=groups,
         ktae_params=ktae,

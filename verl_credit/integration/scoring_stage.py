@@ -2,14 +2,19 @@
 
     _init_resource_pool_mgr  -- when a stage product is needed, the actor role runs
                                 ``CreditActorRolloutRefWorker`` instead of verl's worker.
-    _compute_advantage       -- run the stage, then ``super()`` (estimators and weights read its output).
+    _compute_advantage       -- run the stage, then ``super()`` (the length reward, estimators and
+                                weights read its output).
+    stage_tensors(data, fields)  -- the stage's per-rollout fields from TransferQueue as dense tensors.
     stage_products(name, credit) -> {"counterfactual": CounterfactualConfig | None, "reference": VarianceParams | None}
-    run_scoring_stage(batch, worker_group, products, temperature, metrics)
+    run_scoring_stage(batch, worker_group, products, span_params, temperature, metrics, every_group)
 
 Products and the rows scored for each:
-    counterfactual (``credit.token_weighting`` / ``adv_estimator=counterfactual``, mode not uniform):
-        rows of groups whose outcome advantages are not all zero, first of identical pairs only
-        (the others copy its scores), never verl's padding rows;
+    counterfactual (``credit.token_weighting`` / ``adv_estimator=counterfactual`` with mode not
+        uniform, or ``credit.length_reward.scorer=counterfactual``): rows of groups whose outcome
+        advantages are not all zero (with ``credit.length_reward.enabled``: every real rollout of a
+        group with at least two, because the length reward is shaped after the stage, on its
+        output, and makes the outcomes of one group differ), first of identical pairs only (the
+        others copy its scores), never verl's padding rows;
     reference (estimators registered with ``stage=("reference",)``, e.g. ``variance_weighted``):
         every real rollout of a group with at least two.
 """
@@ -25,7 +30,9 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
 
+from verl_credit.core.counterfactual import STAGE_PADDING
 from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage, sequence_scores
+from verl_credit.core.length_reward import resolve_scorer
 from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict
 from verl_credit.registry import get_estimator, list_estimators
 from verl_credit.spans import SpanParams, span_params_of
@@ -34,25 +41,49 @@ from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 
 
+def stage_tensors(data: TensorDict, fields) -> dict[str, torch.Tensor]:
+    """The stage's per-rollout fields of a ``tq.kv_batch_get`` answer, dense.
+
+    Each dp shard writes its own S (spans) or J (reference tokens), so rows come back nested when
+    shards differ; they are padded with the field's "absent" value (NaN scores, -1 spans and
+    answers, 0 for the reference log-probs and mask), never with a value that reads as a measurement.
+    """
+    out = {}
+    for f in fields:
+        value = data.get(f)
+        out[f] = value.to_padded_tensor(STAGE_PADDING.get(f, 0)) if value.is_nested else value
+    return out
+
+
 def stage_products(estimator: str, credit) -> dict:
     """What the stage must compute for this run (None where nothing)."""
     spec = get_estimator(estimator) if estimator in list_estimators() else None
+    lr = credit.length_reward
+    for_length_reward = lr.enabled and resolve_scorer(lr.scorer).stage == "counterfactual"
+    weighting = needs_scoring_stage(estimator, credit.token_weighting, credit.counterfactual)
     return {
-        "counterfactual": credit.counterfactual
-        if needs_scoring_stage(estimator, credit.token_weighting, credit.counterfactual)
-        else None,
+        "counterfactual": credit.counterfactual if weighting or for_length_reward else None,
         "reference": credit.variance if spec is not None and "reference" in spec.stage else None,
     }
 
 
-def scoring_requests(uids, rm_scores, response_mask, prompts, responses):
-    """(counterfactual request (B,), {duplicate row: source row}, reference request (B,)) for a padded batch."""
+def scoring_requests(uids, rm_scores, response_mask, prompts, responses, every_group: bool = False):
+    """(counterfactual request (B,), {duplicate row: source row}, reference request (B,)) for a padded batch.
+
+    ``every_group``: request counterfactual scores for every real rollout of a group with >= 2
+    (the length reward is on), not only for groups whose outcome advantages are not all zero.
+    """
     groups = group_index_from_uids(uids)
     real = ~groups.is_padding
-    z = group_outcome_advantage(sequence_scores(rm_scores, response_mask, uids), groups)
     g = groups.group.clamp_min(0)
-    active = torch.zeros(groups.num_groups, dtype=torch.bool).index_put_((g[real],), z[real] != 0, accumulate=True)
-    cf_request = real & active[g]
+    ref_request = real & (groups.sizes[g] > 1)
+    if every_group:
+        cf_request = ref_request.clone()
+    else:
+        z = group_outcome_advantage(sequence_scores(rm_scores, response_mask, uids), groups)
+        active = torch.zeros(groups.num_groups, dtype=torch.bool)
+        active.index_put_((g[real],), z[real] != 0, accumulate=True)
+        cf_request = real & active[g]
     first: dict[tuple, int] = {}
     copies: dict[int, int] = {}
     lengths = response_mask.sum(-1).tolist()
@@ -63,15 +94,21 @@ def scoring_requests(uids, rm_scores, response_mask, prompts, responses):
             cf_request[row] = False
         else:
             first[key] = row
-    ref_request = real & (groups.sizes[g] > 1)
     return cf_request, copies, ref_request
 
 
 def run_scoring_stage(
-    batch: KVBatchMeta, worker_group, products: dict, span_params: SpanParams, temperature: float, metrics: dict
+    batch: KVBatchMeta,
+    worker_group,
+    products: dict,
+    span_params: SpanParams,
+    temperature: float,
+    metrics: dict,
+    every_group: bool = False,
 ) -> None:
     """Ask the actor workers for the stage's products; results land in TransferQueue. ``span_params``
-    (the run's ``credit.counterfactual``) drive answer detection for every product."""
+    (the run's ``credit.counterfactual``) drive answer detection for every product; ``every_group``
+    as in :func:`scoring_requests`."""
     start = time.perf_counter()
     fields = ["uid", "rm_scores", "response_mask", "prompts", "responses"]
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
@@ -79,7 +116,7 @@ def run_scoring_stage(
     padded = data.select("rm_scores", "response_mask", "responses").to_padded_tensor()
     uids = [str(u) for u in data.get("uid").tolist()]
     cf_request, copies, ref_request = scoring_requests(
-        uids, padded["rm_scores"], padded["response_mask"], prompts, padded["responses"]
+        uids, padded["rm_scores"], padded["response_mask"], prompts, padded["responses"], every_group
     )
     cf, ref = products["counterfactual"], products["reference"]
     requests = {}
@@ -99,7 +136,7 @@ def run_scoring_stage(
     worker_group.compute_credit_scores(batch)
 
     fetch = ["credit_stage_tokens", *(STAGE_FIELDS if cf is not None else ())]
-    out = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fetch).to_padded_tensor()
+    out = stage_tensors(tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fetch), fetch)
     if cf is not None and copies:
         dense = {f: out[f].clone() for f in STAGE_FIELDS}
         for row, source in copies.items():
@@ -138,6 +175,14 @@ class ScoringStageMixin:
         products = self._stage_products()
         if any(v is not None for v in products.values()):
             temperature = self.config.actor_rollout_ref.rollout.temperature
-            span_params = self.credit_config.counterfactual
-            run_scoring_stage(batch, self.actor_rollout_wg, products, span_params, temperature, metrics)
+            credit = self.credit_config
+            run_scoring_stage(
+                batch,
+                self.actor_rollout_wg,
+                products,
+                credit.counterfactual,
+                temperature,
+                metrics,
+                every_group=credit.length_reward.enabled,
+            )
         return super()._compute_advantage(batch, metrics)

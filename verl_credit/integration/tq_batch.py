@@ -20,6 +20,7 @@ from verl.workers.utils.padding import response_to_nested
 
 from verl_credit.batch import CreditBatch, EstimatorContext
 from verl_credit.estimators import REFERENCE_FIELDS
+from verl_credit.integration.scoring_stage import stage_tensors
 from verl_credit.registry import EstimatorSpec, compute_advantages
 from verl_credit.scoring import CounterfactualConfig
 from verl_credit.weighting import STAGE_FIELDS, apply_counterfactual_weights
@@ -69,7 +70,8 @@ def compute_plugin_advantage(
             f"estimator {estimator.name!r} needs batch field {missing[0]!r}, which this run does not produce"
         )
     nested_mask = data["response_mask"]
-    stage = {f: data.pop(f) for f in stage_fields}  # dense per-row tensors, not response-shaped
+    stage = stage_tensors(data, stage_fields)  # per-rollout tensors, not response-shaped
+    data = data.exclude(*stage_fields)
     data = DataProto(batch=data.to_padded_tensor())
     if "uid" not in data.batch.keys():
         raise ValueError("batch field 'uid' is missing from TransferQueue: every rollout needs its prompt uid")
@@ -99,7 +101,7 @@ def compute_plugin_advantage(
         old_log_probs=tensors["old_log_probs"] if "old_log_probs" in tensors.keys() else None,
         fields={
             **{f: tensors[f] for f in estimator.fields if f in tensors.keys() and f != "old_log_probs"},
-            **{f: v.to_padded_tensor(0) if v.is_nested else v for f, v in stage.items()},  # same shape per row
+            **stage,
         },
     )
     out = compute_advantages(estimator, credit_batch, ctx)

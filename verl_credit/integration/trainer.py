@@ -2,9 +2,10 @@
 
 Registered as trainer mode ``credit`` (``trainer.v1.trainer_mode=credit``; ``verl_credit.main_ppo``
 sets it). Each feature is a mixin in its own module that overrides one verl method and calls
-``super()``; the class below only lists them. ``PluginAdvantageMixin`` comes last: a plugin
-estimator name is computed by :func:`compute_plugin_advantage`, any other name (gae, grpo, ...)
-goes to verl unchanged.
+``super()``; the class below only lists them. ``ScoringStageMixin`` runs before
+``LengthRewardMixin`` (the length reward's ``counterfactual`` scorer reads the stage's output).
+``PluginAdvantageMixin`` comes last: a plugin estimator name is computed by
+:func:`compute_plugin_advantage`, any other name (gae, grpo, ...) goes to verl unchanged.
 
 Start-up checks (:func:`validate_run_config`, also run by ``verl_credit.main_ppo`` before Ray):
     - the ``credit`` block is valid (unknown keys and bad values named);
@@ -113,8 +114,8 @@ class CreditPPOTrainer(
     QueryPreservedBatchingMixin,
     RewardBalancedBufferMixin,
     TokenFlipDiagnosticMixin,
-    LengthRewardMixin,
     ScoringStageMixin,
+    LengthRewardMixin,
     PluginAdvantageMixin,
     PPOTrainerSync,
 ):
