@@ -531,3 +531,29 @@ def test_length_reward_surprisal_scores_every_group_for_weighting(local_tq, tiny
     trainer._compute_advantage(batch, {})
     req = _read(batch, "credit_cf_request").to_padded_tensor()["credit_cf_request"].flatten().tolist()
     assert req == [1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0]
+
+
+def test_length_reward_composes_with_variance_weighted(local_tq, tiny):
+    """R3 is added to the shaped outcome: variance_weighted reads the length reward's rm_scores."""
+    from verl_credit.core.variance import VarianceParams, r3_rewards
+
+    trainer, batch, prompts, responses, scores, uids = _setup(
+        local_tq,
+        tiny,
+        "algorithm.adv_estimator=variance_weighted",
+        "credit.length_reward.enabled=true",
+        "credit.length_reward.scorer=counterfactual",
+        truths=TRUTHS,
+    )
+    trainer._compute_advantage(batch, {})
+    assert trainer.actor_rollout_wg.calls == 1  # one stage run: reference log-probs and span scores
+    B = len(uids)
+    got = _read(batch, "rm_scores", "credit_raw_rm_scores", "advantages", "response_mask").to_padded_tensor()
+    shaped = got["rm_scores"][:B].double().sum(-1)
+    assert not torch.allclose(shaped, got["credit_raw_rm_scores"][:B].double().sum(-1))
+    lp = _read(batch, "credit_ref_logprobs", "credit_ref_mask").to_padded_tensor()
+    groups = group_index_from_uids(uids)
+    res = r3_rewards(lp["credit_ref_logprobs"][:B], lp["credit_ref_mask"][:B], shaped, groups, VarianceParams())
+    z = group_outcome_advantage(res.shaped.double(), groups)
+    mask = got["response_mask"][:B]
+    torch.testing.assert_close(got["advantages"][:B], (z[:, None] * mask).float(), rtol=1e-4, atol=1e-4)
