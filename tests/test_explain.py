@@ -236,8 +236,8 @@ def test_length_reward_section_uses_the_old_log_probs(written):
 
 
 def test_length_reward_section_with_the_counterfactual_scorer(tiny, tmp_path):
-    """scorer=counterfactual in the report: span importances from score_spans, answer and unmeasured
-    tokens significant, no min-max (the description says so)."""
+    """scorer=counterfactual in the report: span importances from score_spans, answer tokens 1,
+    unmeasured tokens 0, no min-max (the description says so)."""
     from verl_credit.core.counterfactual import token_significance
 
     model, tokenizer = tiny

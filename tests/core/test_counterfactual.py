@@ -87,7 +87,7 @@ def test_vectorised_weights_match_loop(layout, mode, w_min, w_max):
 
 def test_significance_by_hand():
     # S(r) = -2; masking span 0 drops the answer to -5 (I = 3), span 1 to -2.5 (I = 0.5), span 2 raises
-    # it to -1 (I = -1): I_hat = (1, 0.375, 0); the answer and the unmeasured gap at 2 count as 1
+    # it to -1 (I = -1): I_hat = (1, 0.375, 0); the answer counts 1, the unmeasured gap at 2 counts 0
     scores = torch.tensor([[-2.0, -5.0, -2.5, -1.0], [NAN, NAN, NAN, NAN], [-1.0, -4.0, NAN, NAN]])
     spans = torch.tensor([[[0, 2], [3, 5], [5, 7]], [[0, 3], [3, 6], [-1, -1]], [[1, 4], [-1, -1], [-1, -1]]])
     answer = torch.tensor([[7, 9], [-1, -1], [4, 6]])
@@ -96,9 +96,9 @@ def test_significance_by_hand():
     mask[2, 6:] = 0
     sig = token_significance(scores, spans, answer, mask)
     assert sig.dtype == torch.float64
-    assert sig[0].tolist() == [1.0, 1.0, 1.0, 0.375, 0.375, 0.0, 0.0, 1.0, 1.0, 0.0]
-    assert sig[1].tolist() == [1.0] * 10  # not scored (no answer): nothing is called insignificant
-    assert sig[2].tolist() == [1.0, 0.5, 0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # one span: 0.5
+    assert sig[0].tolist() == [1.0, 1.0, 0.0, 0.375, 0.375, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert sig[1].tolist() == [0.0] * 10  # not scored (no answer): no token was measured to matter
+    assert sig[2].tolist() == [0.0, 0.5, 0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # one span: 0.5
 
 
 @settings(max_examples=80, deadline=None)

@@ -135,6 +135,10 @@ def apply_length_reward(
     }
     tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(output, batch_size=len(batch)))
     metrics.update({f"credit/{k}": v for k, v in length_reward_metrics(result).items()})
+    if "credit_cf_answer" in stage:  # the counterfactual stage found no answer: every token insignificant
+        no_answer = result.real & result.nonempty & (stage["credit_cf_answer"][:, 0] < 0)
+        metrics["credit/length_reward/no_answer_rollouts/count"] = float(no_answer.sum())
+        metrics["credit/length_reward/correct_without_answer/count"] = float((no_answer & result.correct).sum())
     return result
 
 
