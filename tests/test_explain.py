@@ -263,6 +263,13 @@ def test_length_reward_section_with_the_counterfactual_scorer(tiny, tmp_path):
     for got, row, m in zip(section.data["significance"], want, mask, strict=True):
         assert got == pytest.approx(row[m.bool()].tolist(), abs=1e-5)
     assert any(v < 0.5 for row in section.data["significance"] for v in row)  # some spans judged insignificant
+    unscored = [i for i in range(len(ro)) if torch.isnan(res.scores[i, 0])]
+    assert unscored and all(not any(section.data["significance"][i]) for i in unscored)  # all 0: insignificant
+    # answer_source=gold: the reference answer is teacher-forced, so the rollout without an answer is measured
+    credit = {"length_reward": {"scorer": "counterfactual"}, "counterfactual": {"answer_source": "gold"}}
+    config = ExplainConfig(estimators=["length_reward"], out_dir=str(tmp_path / "gold"), credit=credit)
+    gold = explain_rollouts(rollouts, model, tokenizer, config, log=lambda m: None).sections[0]
+    assert all(any(v > 0 for v in gold.data["significance"][i]) for i in unscored)
 
 
 def test_options_and_estimator_selection(tiny, tmp_path):

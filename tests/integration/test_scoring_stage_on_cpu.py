@@ -494,8 +494,8 @@ def test_length_reward_counterfactual_scorer(local_tq, tiny):
     assert got["credit_raw_rm_scores"][:B].sum(-1).tolist() == scores
     assert want.n_insig[[0, 1, 2, 4, 5, 7]].gt(0).all()  # every rollout with spans has an insignificant one
     assert torch.isnan(res.scores[6]).all() and want.n_sig[6] == 0  # no answer: every token insignificant
-    assert metrics["credit/length_reward/no_answer_rollouts/count"] == 1.0
-    assert metrics["credit/length_reward/correct_without_answer/count"] == 0.0
+    assert metrics["credit/length_reward/unscored_rollouts/count"] == 1.0
+    assert metrics["credit/length_reward/unscored_correct/count"] == 0.0
     assert metrics["credit/length_reward/insignificant_tokens/mean"] > 0
     # the shaped reward reaches grpo: the all-correct group (A = 0 on the raw reward) now has contrast
     adv = _read(batch, "advantages").to_padded_tensor()["advantages"]

@@ -85,6 +85,31 @@ class Workspace:
 
         return hf_scorer(self.model, self.pad_id, self.credit.counterfactual.max_batch_tokens)
 
+    def answer_ids(self, template: str) -> list[torch.Tensor]:
+        """Every rollout's reference answer rendered by ``template`` (``{answer}`` = ground truth),
+        tokenized as the actor worker does (no special tokens)."""
+        ro = self.rollouts
+        return [
+            torch.tensor(
+                self.tokenizer(
+                    template.format(answer=ro.problems[ro.problem_of[i]].ground_truth), add_special_tokens=False
+                )["input_ids"],
+                dtype=torch.long,
+            )
+            for i in range(len(ro))
+        ]
+
+    def span_scores(self, rows: list[int]):
+        """``scoring.score_spans`` of ``rows`` with the run's ``credit.counterfactual`` (gold answers
+        teacher-forced when ``answer_source=gold``, as the trainer's stage does)."""
+        from verl_credit.scoring import score_spans
+
+        cf = self.credit.counterfactual
+        gold = self.answer_ids(cf.gold_template) if cf.answer_source == "gold" else None
+        return score_spans(
+            self.tokenizer, self.score_fn, self.rollouts.prompts, self.rollouts.responses, cf, rows, gold
+        )
+
     @cached_property
     def pieces(self) -> list[list[str]]:
         """Token texts of every rollout's response."""
@@ -302,7 +327,6 @@ def _counterfactual_requires() -> str | None:
 def counterfactual_view(ws: Workspace) -> Section:
     from verl_credit.core.counterfactual import WEIGHT_MODES, span_importance
     from verl_credit.core.groups import group_outcome_advantage
-    from verl_credit.scoring import score_spans
     from verl_credit.weighting import apply_counterfactual_weights
 
     cf = ws.credit.counterfactual
@@ -312,7 +336,7 @@ def counterfactual_view(ws: Workspace) -> Section:
     if ws.score_rows == "trained":  # the trainer scores only groups with a non-zero outcome advantage
         live = {int(g) for g, adv in zip(plain.groups.group, z, strict=True) if adv != 0}
         rows = [i for i in rows if int(plain.groups.group[i]) in live]
-    res = score_spans(ws.tokenizer, ws.score_fn, ws.rollouts.prompts, ws.rollouts.responses, cf, rows=rows)
+    res = ws.span_scores(rows)
     fields = {"credit_cf_scores": res.scores, "credit_cf_spans": res.spans, "credit_cf_answer": res.answer}
     batch = ws.batch(fields)
     outputs = {}
@@ -411,16 +435,7 @@ def variance_view(ws: Workspace) -> Section:
 
     params = ws.credit.variance
     ro = ws.rollouts
-    refs = [
-        torch.tensor(
-            ws.tokenizer(
-                params.answer_template.format(answer=ro.problems[ro.problem_of[i]].ground_truth),
-                add_special_tokens=False,  # as the actor worker tokenizes it (integration/worker.py)
-            )["input_ids"],
-            dtype=torch.long,
-        )
-        for i in range(len(ro))
-    ]
+    refs = ws.answer_ids(params.answer_template)
     logprobs, mask, forward = score_reference(
         ws.tokenizer, ws.score_fn, ro.prompts, ro.responses, refs, list(range(len(ro))), ws.ctx.config.counterfactual
     )
@@ -506,7 +521,6 @@ def length_reward_view(ws: Workspace) -> Section:
         resolve_scorer,
         run_scorer,
     )
-    from verl_credit.scoring import score_spans
 
     lr = ws.credit.length_reward
     scorer = resolve_scorer(lr.scorer)
@@ -522,9 +536,7 @@ def length_reward_view(ws: Workspace) -> Section:
         available["old_log_probs"] = old
     if scorer.stage == "counterfactual":  # the trainer's rule with the length reward on: groups of >= 2
         rows = (batch.groups.sizes[batch.groups.group.clamp_min(0)] > 1).nonzero().flatten().tolist()
-        res = score_spans(
-            ws.tokenizer, ws.score_fn, ws.rollouts.prompts, ws.rollouts.responses, ws.credit.counterfactual, rows=rows
-        )
+        res = ws.span_scores(rows)
         available.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
     ktae = ws.credit.ktae
     if ktae.ignore_token_ids is None:

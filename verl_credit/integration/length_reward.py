@@ -22,6 +22,7 @@ import json
 import logging
 import os
 
+import torch
 import transfer_queue as tq
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
@@ -135,10 +136,10 @@ def apply_length_reward(
     }
     tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(output, batch_size=len(batch)))
     metrics.update({f"credit/{k}": v for k, v in length_reward_metrics(result).items()})
-    if "credit_cf_answer" in stage:  # the counterfactual stage found no answer: every token insignificant
-        no_answer = result.real & result.nonempty & (stage["credit_cf_answer"][:, 0] < 0)
-        metrics["credit/length_reward/no_answer_rollouts/count"] = float(no_answer.sum())
-        metrics["credit/length_reward/correct_without_answer/count"] = float((no_answer & result.correct).sum())
+    if "credit_cf_scores" in stage:  # rollouts the stage could not score: every token insignificant
+        unscored = result.real & result.nonempty & torch.isnan(stage["credit_cf_scores"][:, 0])
+        metrics["credit/length_reward/unscored_rollouts/count"] = float(unscored.sum())
+        metrics["credit/length_reward/unscored_correct/count"] = float((unscored & result.correct).sum())
     return result
 
 
