@@ -87,18 +87,19 @@ def test_vectorised_weights_match_loop(layout, mode, w_min, w_max):
 
 def test_significance_by_hand():
     # S(r) = -2; masking span 0 drops the answer to -5 (I = 3), span 1 to -2.5 (I = 0.5), span 2 raises
-    # it to -1 (I = -1): I_hat = (1, 0.375, 0); the answer counts 1, the unmeasured gap at 2 counts 0
+    # it to -1 (I = -1): I_hat = (1, 0.375, 0); the gap at 2 and the answer (not measured) count 0
     scores = torch.tensor([[-2.0, -5.0, -2.5, -1.0], [NAN, NAN, NAN, NAN], [-1.0, -4.0, NAN, NAN]])
     spans = torch.tensor([[[0, 2], [3, 5], [5, 7]], [[0, 3], [3, 6], [-1, -1]], [[1, 4], [-1, -1], [-1, -1]]])
     answer = torch.tensor([[7, 9], [-1, -1], [4, 6]])
     mask = torch.ones(3, 10, dtype=torch.long)
     mask[0, 9:] = 0
     mask[2, 6:] = 0
-    sig = token_significance(scores, spans, answer, mask)
+    sig = token_significance(scores, spans, mask)
     assert sig.dtype == torch.float64
-    assert sig[0].tolist() == [1.0, 1.0, 0.0, 0.375, 0.375, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert sig[0].tolist() == [1.0, 1.0, 0.0, 0.375, 0.375, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert sig[1].tolist() == [0.0] * 10  # not scored (no answer): no token was measured to matter
-    assert sig[2].tolist() == [0.0, 0.5, 0.5, 0.5, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # one span: 0.5
+    assert sig[2].tolist() == [0.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # one span: 0.5
+    assert answer[0, 0] == 7  # (the answer range is not read: its tokens are the target)
 
 
 @settings(max_examples=80, deadline=None)
@@ -115,8 +116,8 @@ def test_vectorised_significance_matches_loop(layout, data):
                     scores[i, k + 1] = data.draw(st.sampled_from([-3.0, -1.0, scores[i, 0].item()]))
     lengths = torch.tensor([data.draw(st.integers(0, T)) for _ in range(B)])
     mask = (torch.arange(T) < lengths.unsqueeze(1)).long()
-    got = token_significance(scores, spans, answer, mask)
-    torch.testing.assert_close(got, token_significance_loop(scores, spans, answer, mask))
+    got = token_significance(scores, spans, mask)
+    torch.testing.assert_close(got, token_significance_loop(scores, spans, mask))
     assert ((got >= 0) & (got <= 1)).all() and (got[mask == 0] == 0).all()
 
 

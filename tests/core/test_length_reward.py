@@ -321,13 +321,13 @@ def test_counterfactual_scorer_ranks_concise_above_padded():
     assert scorer.stage == "counterfactual" and not scorer.normalize
     assert scorer.all_fields == ("credit_cf_scores", "credit_cf_spans", "credit_cf_answer")
     sig = run_scorer(scorer, ScorerInputs(mask, fields, correct, groups))
-    assert sig[0, :8].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # I_hat (1, 0), answer 1
+    assert sig[0, :8].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # I_hat (1, 0); answer not measured
     rm = torch.zeros(3, 17)
     rm[0, 7], rm[1, 16] = 1.0, 1.0
     res = compute_length_reward(sig, rm, mask, groups, LengthRewardConfig(), EXPLORE, normalize=False)
-    assert res.n_insig.tolist() == [3.0, 9.0, 3.0]  # filler spans at I_hat 0.024, 0.049, 0
-    # reference = mean over the correct ones = 6 -> r_ins 0.5 and 1.5
-    assert res.shaping[:2].tolist() == pytest.approx([5 * math.cos(0.5), 5 * math.cos(1.5)])
+    assert res.n_insig.tolist() == [5.0, 11.0, 5.0]  # + filler spans at I_hat 0.024, 0.049, 0; answers 2 each
+    # reference = mean over the correct ones = 8 -> r_ins 0.625 and 1.375
+    assert res.shaping[:2].tolist() == pytest.approx([5 * math.cos(0.625), 5 * math.cos(1.375)])
     final = res.shaped_rm_scores.sum(-1)
     assert final[0] > final[1] > final[2]
 

@@ -16,7 +16,7 @@ from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 
 import verl_credit.main_ppo  # noqa: F401  (registers the credit schema)
-from verl_credit.core.counterfactual import span_importance, token_weights
+from verl_credit.core.counterfactual import paint_spans, span_importance, token_weights
 from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage
 from verl_credit.integration.scoring_stage import ScoringStageMixin
 from verl_credit.integration.trainer import CreditPPOTrainer, validate_run_config
@@ -464,12 +464,12 @@ def _length_expected(tiny, trainer, prompts, responses, scores, uids, rows):
     for i, r in enumerate(responses):
         mask[i, : len(r)] = 1
         rm[i, len(r) - 1] = scores[i]
-    significance = token_significance(res.scores, res.spans, res.answer, mask)
+    significance = token_significance(res.scores, res.spans, mask)
     lambda_dyn = DynamicLambdaSchedule(cfg.length_reward).value_at(trainer.global_steps)
     out = compute_length_reward(
         significance, rm, mask, group_index_from_uids(uids), cfg.length_reward, lambda_dyn, normalize=False
     )
-    return out, res, mask
+    return out, res, mask, significance
 
 
 def test_length_reward_counterfactual_scorer(local_tq, tiny):
@@ -487,12 +487,15 @@ def test_length_reward_counterfactual_scorer(local_tq, tiny):
     # every real rollout of a group of >= 2, the all-correct group too (row 3 copies row 0); no padding
     assert req == [1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0]
     B = len(uids)
-    want, res, mask = _length_expected(tiny, trainer, prompts, responses, scores, uids, rows=list(range(B)))
+    want, res, mask, sig = _length_expected(tiny, trainer, prompts, responses, scores, uids, rows=list(range(B)))
     got = _read(batch, "rm_scores", "credit_raw_rm_scores").to_padded_tensor()
     T = mask.shape[1]
     torch.testing.assert_close(got["rm_scores"][:B, :T].double(), want.shaped_rm_scores.double(), rtol=0, atol=1e-5)
     assert got["credit_raw_rm_scores"][:B].sum(-1).tolist() == scores
-    assert want.n_insig[[0, 1, 2, 4, 5, 7]].gt(0).all()  # every rollout with spans has an insignificant one
+    in_span = paint_spans(torch.ones(res.spans.shape[:2]), res.spans, res.answer, 0.0, T, base=0.0) > 0
+    scored = ~torch.isnan(res.scores[:, 0])
+    # measured spans fall on both sides of the threshold (min-max puts the least important at 0)
+    assert (sig[in_span & scored[:, None]] < 0.5).any() and (sig[in_span & scored[:, None]] >= 0.5).any()
     assert torch.isnan(res.scores[6]).all() and want.n_sig[6] == 0  # no answer: every token insignificant
     assert metrics["credit/length_reward/unscored_rollouts/count"] == 1.0
     assert metrics["credit/length_reward/unscored_correct/count"] == 0.0
@@ -516,7 +519,7 @@ def test_length_reward_counterfactual_scorer_with_weighting(local_tq, tiny):
     trainer._compute_advantage(batch, {})
     assert trainer.actor_rollout_wg.calls == 1
     B = len(uids)
-    want, _, mask = _length_expected(tiny, trainer, prompts, responses, scores, uids, rows=list(range(B)))
+    want, _, mask, _ = _length_expected(tiny, trainer, prompts, responses, scores, uids, rows=list(range(B)))
     groups = group_index_from_uids(uids)
     base = group_outcome_advantage(want.shaped_rm_scores.double().sum(-1), groups).double()[:, None] * mask
     expected, w, _ = _expected(tiny, prompts, responses, scores, uids, rows=list(range(B)), base=base)

@@ -21,13 +21,14 @@ and reasoning r, S_i(x) = sum_t log pi(a_t | prompt, x, a_<t) under the current 
     w_t = w_min + I_hat_k (w_max - w_min) on tokens of span k, answer_weight on answer tokens,
           1 elsewhere;   token advantage = A_i * w_t.
 Significance (``credit.length_reward.scorer=counterfactual``), in [0, 1], higher = more significant:
-    s_t = I_hat_k on tokens of span k, 1 on answer tokens, and 0 on every other token: text
-          between spans, spans beyond ``max_spans``, and every token of a rollout the stage did not
-          score (no detected answer): a reasoning token is significant only when masking its span
-          was measured to matter for the answer. Already in [0, 1]; thresholded as it is.
-          (On the gym's labelled task, 0 for unmeasured tokens separates causal from filler and
-          side-step tokens better than 1: AUC 0.694 vs 0.556; rollouts without an answer hold 11%
-          of the filler and 38% of the side-step tokens and no causal one.)
+    s_t = I_hat_k on tokens of span k of a scored rollout, 0 on every other token: the answer
+          (the target, not measured; a marker written early must not make the rest count), text
+          between spans, sentences overlapping an arithmetic span, spans beyond ``max_spans``, and
+          every token of a rollout the stage did not score. A token is significant only when
+          masking its span was measured to matter for the answer. Already in [0, 1]; thresholded
+          as it is. (On the gym's labelled task, 0 for unmeasured tokens separates causal from
+          filler and side-step tokens better than 1: AUC 0.698 vs 0.556; rollouts without an
+          answer hold 11% of the filler and 38% of the side-step tokens and no causal one.)
 For w > 0, scaling the advantage by w is exactly the w-weighted PPO clipped (and dual-clipped)
 loss: clip(rho, 1-e, 1+e) * (w A) = w * (clip(rho, 1-e, 1+e) A) and min/max commute with w > 0.
 Absent spans are NaN in ``scores`` and -1 in ``spans``.
@@ -182,25 +183,23 @@ def token_weights_loop(
     return w
 
 
-def token_significance(
-    scores: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, response_mask: torch.Tensor
-) -> torch.Tensor:
+def token_significance(scores: torch.Tensor, spans: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Per-token significance from the scoring stage's output (the length reward's ``counterfactual`` scorer).
 
         s_t = I_hat_k on span k (:func:`span_importance`, the measured importance: the weighting's
-              ablation controls do not apply), 1 on the answer, 0 elsewhere (nothing measured) and at padding.
-    Shapes: scores (B, S+1) NaN absent, spans (B, S, 2), answer (B, 2) (-1 absent),
-            response_mask [B, T] -> FloatTensor[B, T] float64 in [0, 1].
+              ablation controls do not apply), 0 on every other token (nothing measured) and at padding.
+    Spans of one rollout are disjoint (as :func:`verl_credit.spans.find_spans` returns them).
+    Shapes: scores (B, S+1) NaN absent, spans (B, S, 2) (-1 absent), response_mask [B, T]
+            -> FloatTensor[B, T] float64 in [0, 1].
     """
     _, importance = span_importance(scores.double())
     T = response_mask.shape[-1]
-    values = paint_spans(importance, spans.long(), answer.long(), 1.0, T, base=0.0)
+    no_answer = torch.full((spans.shape[0], 2), -1, dtype=torch.long)
+    values = paint_spans(importance, spans.long(), no_answer, 0.0, T, base=0.0)
     return torch.where(response_mask.bool(), values, torch.zeros_like(values))
 
 
-def token_significance_loop(
-    scores: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, response_mask: torch.Tensor
-) -> torch.Tensor:
+def token_significance_loop(scores: torch.Tensor, spans: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Reference for :func:`token_significance`: loops over rollouts, spans and tokens."""
     B, T = response_mask.shape
     out = torch.zeros(B, T, dtype=torch.float64)
@@ -218,8 +217,4 @@ def token_significance_loop(
             for t in range(int(spans[i, k, 0]), min(int(spans[i, k, 1]), T)):
                 if response_mask[i, t]:
                     out[i, t] = norm
-        if int(answer[i, 0]) >= 0:
-            for t in range(int(answer[i, 0]), min(int(answer[i, 1]), T)):
-                if response_mask[i, t]:
-                    out[i, t] = 1.0
     return out

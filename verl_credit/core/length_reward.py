@@ -101,9 +101,9 @@ class LengthRewardConfig:
             "ktae": |K| of the token (KTAE's key-token value, options from ``credit.ktae``).
             "counterfactual": the span importances I_hat of the counterfactual scoring stage (the
             trainer then runs that stage on every rollout of a group with >= 2 rollouts, span
-            settings from ``credit.counterfactual``); answer tokens are significant, reasoning
-            tokens outside the measured spans (and every token of a rollout without a detected
-            answer) insignificant (see ``core.counterfactual.token_significance``).
+            settings from ``credit.counterfactual``); every token outside a measured span (the
+            answer, text between spans, all of a rollout the stage could not score) is
+            insignificant (see ``core.counterfactual.token_significance``).
             "module.path:function": a user scorer loaded with importlib (e.g. an LLMLingua-2
             wrapper); a plain callable or one decorated with ``significance_scorer``.
         threshold: float in [0, 1], default 0.5 (the authors' script). A token whose normalised
@@ -374,9 +374,9 @@ def _ktae_significance(inputs: ScorerInputs) -> torch.Tensor:
 
 
 def _counterfactual(inputs: ScorerInputs) -> torch.Tensor:
-    """s_it = I_hat of the span holding token t (1 on the answer, 0 on unmeasured tokens), in [0, 1]."""
-    scores, spans, answer = (inputs.fields[f] for f in STAGE_FIELDS)
-    return token_significance(scores, spans, answer, inputs.response_mask)
+    """s_it = I_hat of the span holding token t (0 outside measured spans), in [0, 1]."""
+    scores, spans, _ = (inputs.fields[f] for f in STAGE_FIELDS)
+    return token_significance(scores, spans, inputs.response_mask)
 
 
 register_scorer(SignificanceScorer("surprisal", _surprisal, fields=("old_log_probs",), normalize=True))

@@ -12,8 +12,8 @@ credit. For an estimator with advantages A (B, T) the signal is the relative cre
 (a rollout-level estimator such as GRPO gives 1 everywhere: AUC exactly 0.5; for counterfactual
 weighting s_it = w_it / mean w_i). Extra signals: ``ktae K`` = |K(o_it)|, KTAE's key-token value
 alone; ``bingo significance (surprisal|ktae|counterfactual)`` = the length reward's significance
-scores (surprisal and ktae min-max normalised; counterfactual: span I_hat, answer 1, unmeasured
-tokens 0, from the scoring stage run on the rollouts of mixed groups).
+scores (surprisal and ktae min-max normalised; counterfactual: span I_hat, 0 outside measured
+spans, from the scoring stage run on the rollouts of mixed groups).
 Population: valid tokens of rollouts in mixed groups (some correct, some wrong: the only groups
 where any estimator assigns credit); positives are CAUSAL tokens, negatives FILLER and SIDE tokens
 (``task.LABELS``). AUC = P(s_pos > s_neg) + P(s_pos = s_neg) / 2. The bootstrap resamples groups
