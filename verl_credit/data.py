@@ -41,6 +41,7 @@ __all__ = [
     "math_records",
     "write_parquet",
     "read_records",
+    "read_split_files",
     "to_problem",
     "load_problems",
     "embedded_gsm8k",
@@ -200,6 +201,17 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
         return [_plain(row) for row in pd.read_parquet(path).to_dict(orient="records")]
     raise ValueError(f"{path}: expected a .jsonl or .parquet file")
+
+
+def read_split_files(items: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """``["test=path.jsonl", ...]`` (the data scripts' ``--jsonl SPLIT=PATH``) -> {split: rows}."""
+    out = {}
+    for item in items:
+        split, sep, path = item.partition("=")
+        if not sep or not split:
+            raise ValueError(f"--jsonl expects SPLIT=PATH, got {item!r}")
+        out[split] = read_records(path)
+    return out
 
 
 def to_problem(row: Mapping[str, Any], index: int, instruction: str = DEFAULT_INSTRUCTION) -> Problem:

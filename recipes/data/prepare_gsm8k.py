@@ -13,18 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from verl_credit.data import DEFAULT_INSTRUCTION, gsm8k_records, read_records, write_parquet
+from verl_credit.data import DEFAULT_INSTRUCTION, gsm8k_records, read_split_files, write_parquet
 
 
 def _sources(args) -> dict[str, list[dict]]:
     if args.jsonl:
-        out = {}
-        for item in args.jsonl:
-            split, sep, path = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--jsonl expects SPLIT=PATH, got {item!r}")
-            out[split] = read_records(path)
-        return out
+        return read_split_files(args.jsonl)
     from datasets import load_dataset  # only for the hub; needs network access
 
     data = load_dataset(args.hf_name, "main")
@@ -38,7 +32,11 @@ def main(argv=None) -> int:
     parser.add_argument("--hf-name", default="openai/gsm8k", help="hub dataset when no --jsonl is given")
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="appended to every question")
     args = parser.parse_args(argv)
-    for split, rows in _sources(args).items():
+    try:
+        sources = _sources(args)
+    except ValueError as err:
+        parser.error(str(err))
+    for split, rows in sources.items():
         path = write_parquet(gsm8k_records(rows, split, args.instruction), f"{args.out}/{split}.parquet")
         print(f"{split}: {len(rows)} problems -> {path}")
     return 0

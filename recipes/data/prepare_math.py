@@ -19,7 +19,7 @@ from verl_credit.data import (
     MATH500_SOURCE,
     MATH_TRAIN_SOURCE,
     math_records,
-    read_records,
+    read_split_files,
     write_parquet,
 )
 
@@ -38,12 +38,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     levels = {"train": _levels(args.train_levels), "test": _levels(args.test_levels)}
     if args.jsonl:
-        sources = {}
-        for item in args.jsonl:
-            split, sep, path = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--jsonl expects SPLIT=PATH, got {item!r}")
-            sources[split] = (read_records(path), MATH500_SOURCE if split == "test" else MATH_TRAIN_SOURCE)
+        try:
+            splits = read_split_files(args.jsonl)
+        except ValueError as err:
+            parser.error(str(err))
+        sources = {
+            split: (rows, MATH500_SOURCE if split == "test" else MATH_TRAIN_SOURCE) for split, rows in splits.items()
+        }
     else:
         from datasets import load_dataset  # only for the hub; needs network access
 
