@@ -70,3 +70,18 @@ def test_doctor_fails_with_reason_when_plugins_are_disabled():
     assert proc.returncode == 1
     assert "did not load verl_credit.plugin" in proc.stdout
     assert "trainer mode 'credit' is not registered" in proc.stdout
+
+
+def test_cli_parser_does_not_import_verl():
+    """`verl-credit doctor` builds every subcommand's parser before it checks verl: none may import it."""
+    out = _python(
+        "import sys\n"
+        "from verl_credit import cli\n"
+        "try:\n"
+        "    cli.main(['gym', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import json\n"
+        "print(json.dumps({'verl': 'verl' in sys.modules}))"
+    )
+    assert out == {"verl": False}

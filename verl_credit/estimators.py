@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
-from verl_credit.core.groups import group_outcome_advantage
+from verl_credit.core.groups import group_outcome_advantage, group_sum
 from verl_credit.core.ktae import ktae_advantages
 from verl_credit.core.variance import r3_rewards
 from verl_credit.registry import EstimatorSpec, register_estimator
@@ -99,7 +97,7 @@ def _variance_metrics(res, batch: CreditBatch, threshold: float) -> dict[str, fl
     sizes = batch.groups.sizes.double()
 
     def per_group(values):
-        return torch.zeros(G, dtype=torch.float64).index_add_(0, gr, values[real])
+        return group_sum(values[real], gr, G)
 
     n_correct = per_group((batch.scores > threshold).double())
     r3 = res.r3.double()

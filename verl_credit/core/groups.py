@@ -26,6 +26,7 @@ __all__ = [
     "group_index_from_uids",
     "sequence_scores",
     "group_outcome_advantage",
+    "group_sum",
     "group_outcome_advantage_loop",
 ]
 
@@ -81,6 +82,14 @@ def group_index_from_uids(uids: Sequence[str] | np.ndarray | None) -> GroupIndex
     return GroupIndex(group=group_t, sizes=sizes, uids=names)
 
 
+def group_sum(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per-group sums: out[g] = sum_{i: group[i] = g} values[i] (rows already restricted to real ones).
+
+    Shapes: values (N, ...), group LongTensor[N] in [0, num_groups) -> (num_groups, ...), values' dtype.
+    """
+    return torch.zeros((num_groups, *values.shape[1:]), dtype=values.dtype).index_add_(0, group, values)
+
+
 def sequence_scores(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, uids=None) -> torch.Tensor:
     """Outcome reward of each rollout: r_i = sum_t rewards[i, t] (verl puts it on the last token).
 
@@ -124,10 +133,9 @@ def group_outcome_advantage(
         return z.float()
     gi, s = g[real], scores[real].double()
     n = groups.sizes.double()
-    total = torch.zeros(groups.num_groups, dtype=torch.float64).index_add_(0, gi, s)
-    mean = total / n.clamp_min(1)
+    mean = group_sum(s, gi, groups.num_groups) / n.clamp_min(1)
     dev = s - mean[gi]
-    sq = torch.zeros(groups.num_groups, dtype=torch.float64).index_add_(0, gi, dev * dev)
+    sq = group_sum(dev * dev, gi, groups.num_groups)
     std = (sq / (n - 1).clamp_min(1)).sqrt()
     out = dev / (std[gi] + epsilon) if norm_by_std else dev
     out = torch.where(groups.sizes[gi] > 1, out, torch.zeros_like(out))

@@ -40,6 +40,7 @@ from verl_credit.core.groups import (
     group_index_from_uids,
     group_outcome_advantage,
     group_outcome_advantage_loop,
+    group_sum,
 )
 
 __all__ = [
@@ -164,9 +165,7 @@ def key_token_values(
     """
     B, T = responses.shape
     g = groups.group
-    n_c = torch.zeros(groups.num_groups, dtype=torch.float64).index_add_(
-        0, g.clamp_min(0), (correct & (g >= 0)).double()
-    )
+    n_c = group_sum((correct & (g >= 0)).double(), g.clamp_min(0), groups.num_groups)
     n_w = groups.sizes.double() - n_c
     mixed = (n_c > 0) & (n_w > 0)
     K = torch.zeros(B, T, dtype=torch.float64)
@@ -183,8 +182,8 @@ def key_token_values(
     is_c = correct[rows]
 
     # valid tokens per class and group: L_C, L_W
-    len_c = torch.zeros(groups.num_groups, dtype=torch.float64).index_add_(0, tok_group, is_c.double())
-    len_w = torch.zeros(groups.num_groups, dtype=torch.float64).index_add_(0, tok_group, (~is_c).double())
+    len_c = group_sum(is_c.double(), tok_group, groups.num_groups)
+    len_w = group_sum((~is_c).double(), tok_group, groups.num_groups)
 
     # (pair, rollout) entries, then pairs: one sort in total
     pair_key = tok_group * vocab + tok

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from verl_credit.core.counterfactual import STAGE_FIELDS, token_significance
-from verl_credit.core.groups import PADDING_UID_PREFIX, GroupIndex
+from verl_credit.core.groups import PADDING_UID_PREFIX, GroupIndex, group_sum
 from verl_credit.core.ktae import KTAEParams, key_token_values
 
 __all__ = [
@@ -441,7 +441,7 @@ def group_reference_counts(
     ones = torch.ones_like(c)
 
     def per_group(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(G, dtype=torch.float64).index_add_(0, idx, values)
+        return group_sum(values, idx, G)
 
     n_all, n_corr = per_group(ones), per_group(c)
     ins, sig = n_insig[use].double(), n_sig[use].double()

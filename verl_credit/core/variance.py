@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verl_credit.core.groups import GroupIndex
+from verl_credit.core.groups import GroupIndex, group_sum
 
 __all__ = ["VarianceParams", "R3Result", "r3_rewards", "r3_rewards_loop", "WEIGHTINGS"]
 
@@ -73,10 +73,6 @@ class R3Result:
     shaped: torch.Tensor
 
 
-def _group_sum(values: torch.Tensor, g: torch.Tensor, G: int) -> torch.Tensor:
-    return torch.zeros((G, *values.shape[1:]), dtype=values.dtype).index_add_(0, g, values)
-
-
 def r3_rewards(
     logprobs: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, groups: GroupIndex, params: VarianceParams
 ) -> R3Result:
@@ -91,7 +87,7 @@ def r3_rewards(
     g = groups.group.clamp_min(0)
     lp, m = logprobs.double() * mask, mask.double()
     rm = real.double().unsqueeze(1)
-    n = _group_sum(rm.squeeze(1), g, G)  # rollouts with a reference, per group
+    n = group_sum(rm.squeeze(1), g, G)  # rollouts with a reference, per group
     # every rollout of a group must carry the group's reference: compare with the group's first rollout
     rows = torch.arange(len(g))
     first = torch.full((G,), len(g), dtype=torch.long).scatter_reduce_(0, g[real], rows[real], reduce="amin")
@@ -102,8 +98,8 @@ def r3_rewards(
     m_g = torch.where(
         (n > 0).unsqueeze(1), m[first.clamp(max=max(len(g) - 1, 0))], torch.zeros(G, m.shape[1], dtype=m.dtype)
     )
-    mean = _group_sum(lp * rm, g, G) / n.clamp_min(1).unsqueeze(1)
-    var = _group_sum(((lp - mean[g]) ** 2) * m * rm, g, G) / n.clamp_min(1).unsqueeze(1)
+    mean = group_sum(lp * rm, g, G) / n.clamp_min(1).unsqueeze(1)
+    var = group_sum(((lp - mean[g]) ** 2) * m * rm, g, G) / n.clamp_min(1).unsqueeze(1)
     sigma = var.clamp_min(0).sqrt() * m_g
     contrast = (sigma > 1e-12).any(dim=1) & (n > 1)
     if params.weighting == "linear":
@@ -119,9 +115,9 @@ def r3_rewards(
         real, (w_row * lp).sum(1) / w_row.sum(1).clamp_min(1e-300), torch.zeros(len(g), dtype=torch.float64)
     )
     # group z-score of R3 (unbiased std, as the GRPO advantage), only where the group has contrast
-    r3_mean = _group_sum(r3 * real, g, G) / n.clamp_min(1)
+    r3_mean = group_sum(r3 * real, g, G) / n.clamp_min(1)
     dev = (r3 - r3_mean[g]) * real
-    r3_std = (_group_sum(dev * dev, g, G) / (n - 1).clamp_min(1)).sqrt()
+    r3_std = (group_sum(dev * dev, g, G) / (n - 1).clamp_min(1)).sqrt()
     z = dev / (r3_std[g] + 1e-6)
     use = real & contrast[g]
     shaped = scores.double() + torch.where(use, params.r3_coef * z, torch.zeros_like(z))

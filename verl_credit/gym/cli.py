@@ -17,16 +17,6 @@ import importlib
 import time
 from pathlib import Path
 
-import torch
-
-from verl_credit.config import CreditConfig
-from verl_credit.gym.credit import credit_precision
-from verl_credit.gym.learn import LearnConfig, summarize, train_one
-from verl_credit.gym.model import ModelConfig, load_policy, warm_start
-from verl_credit.gym.report import write_report
-from verl_credit.gym.rollout import parse_method, sample
-from verl_credit.gym.task import TaskConfig, make_problems
-
 __all__ = ["add_arguments", "run", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = (
@@ -63,6 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> dict:
     """Everything; returns the result dict also written to ``<out>/results.json``."""
+    # imported here, not at module level: `verl-credit doctor` builds this parser and must not import verl
+    import torch
+
+    from verl_credit.config import CreditConfig
+    from verl_credit.gym.credit import credit_precision
+    from verl_credit.gym.learn import LearnConfig, summarize, train_one
+    from verl_credit.gym.model import ModelConfig, load_policy, warm_start
+    from verl_credit.gym.report import write_report
+    from verl_credit.gym.rollout import parse_method, sample
+    from verl_credit.gym.task import TaskConfig, make_problems
+
     start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -59,13 +59,23 @@ def _select(config, key: str, default=None):
     return OmegaConf.select(config, key, default=default)
 
 
+def check_sampler_free(path, name) -> None:
+    """The reward-balanced buffer installs verl's custom sampler: refuse another one already set."""
+    if (path or name) and (path, name) != (PLUGIN_SAMPLER_PATH, PLUGIN_SAMPLER_NAME):
+        raise ValueError(
+            "credit.batching.reward_balanced.enabled=true installs its own sampler, but "
+            f"trainer.v1.sampler.custom_sampler is already set (path={path!r}, name={name!r}): unset one of them"
+        )
+
+
 def check_batching_config(config, credit) -> None:
     """Start-up checks that need verl's full config; ValueError naming the keys involved.
 
     query_preserved:
         - the plugin trainer must run (``trainer.use_v1=true``, ``trainer.v1.trainer_mode=credit``);
         - ``actor_rollout_ref.actor.shuffle`` must be false (the worker would shuffle rows across groups);
-        - the actor mini-batch in rollouts (``ppo_mini_batch_size * rollout.n``) must be a multiple of n.
+        - ``actor_rollout_ref.actor.ppo_mini_batch_size`` must be a positive integer; it counts prompts,
+          so a mini-batch (``ppo_mini_batch_size * rollout.n`` rows) is never smaller than one group.
         Short groups (failed rollouts kept by ``trainer.v1.sampler.sync_refill_failed_groups=false``,
         verl's default) stay whole: extra padding rows fill their mini-batch (logged). verl's V1
         dynamic sampling (``algorithm.filter_groups``) drops or keeps whole groups, so it is allowed.
@@ -95,17 +105,9 @@ def check_batching_config(config, credit) -> None:
                 "credit.batching.query_preserved=true needs actor_rollout_ref.actor.shuffle=false: verl's worker "
                 "shuffles each rank's rows before cutting mini-batches, which splits the groups again"
             )
-        n = int(_select(config, "actor_rollout_ref.rollout.n", 1))
         mini = _select(config, "actor_rollout_ref.actor.ppo_mini_batch_size")
         if not (isinstance(mini, int) and mini > 0):
             raise ValueError(f"actor_rollout_ref.actor.ppo_mini_batch_size must be a positive integer, got {mini!r}")
-        rollouts = mini * n  # verl's V1 trainer passes ppo_mini_batch_size * rollout.n rows to the worker
-        if rollouts % n:
-            raise ValueError(
-                f"credit.batching.query_preserved=true: a PPO mini-batch of {rollouts} rollouts "
-                f"(actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n) is not a multiple of the group size "
-                f"actor_rollout_ref.rollout.n={n}"
-            )
         if not _select(config, "trainer.v1.sampler.sync_refill_failed_groups", False):
             logger.info(
                 "credit.batching.query_preserved: failed rollouts leave short groups "
@@ -114,13 +116,10 @@ def check_batching_config(config, credit) -> None:
             )
 
     if batching.reward_balanced.enabled:
-        path = _select(config, "trainer.v1.sampler.custom_sampler.path")
-        name = _select(config, "trainer.v1.sampler.custom_sampler.name")
-        if (path or name) and (path, name) != (PLUGIN_SAMPLER_PATH, PLUGIN_SAMPLER_NAME):
-            raise ValueError(
-                "credit.batching.reward_balanced.enabled=true installs its own sampler, but "
-                f"trainer.v1.sampler.custom_sampler is already set (path={path!r}, name={name!r}): unset one of them"
-            )
+        check_sampler_free(
+            _select(config, "trainer.v1.sampler.custom_sampler.path"),
+            _select(config, "trainer.v1.sampler.custom_sampler.name"),
+        )
         if _select(config, "algorithm.filter_groups.enable", False):
             raise ValueError(
                 "credit.batching.reward_balanced.enabled=true and algorithm.filter_groups.enable=true both decide "

@@ -55,7 +55,7 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from verl_credit.core.batching import RewardBalancedConfig
 from verl_credit.core.reward_buffer import GroupRecord, RewardBalancedPool, fill_batch
-from verl_credit.integration.batching import PLUGIN_SAMPLER_NAME, PLUGIN_SAMPLER_PATH
+from verl_credit.integration.batching import PLUGIN_SAMPLER_NAME, PLUGIN_SAMPLER_PATH, check_sampler_free
 
 __all__ = ["RewardBalancedReplayBuffer", "RewardBalancedBufferMixin", "install_reward_balanced_sampler"]
 
@@ -197,12 +197,7 @@ def install_reward_balanced_sampler(config, credit) -> None:
     """Point verl's custom sampler hook at :class:`RewardBalancedReplayBuffer` with ``credit``'s options."""
     options = credit.batching.reward_balanced
     sampler = config.trainer.v1.sampler
-    path, name = sampler.custom_sampler.get("path"), sampler.custom_sampler.get("name")
-    if (path or name) and (path, name) != (PLUGIN_SAMPLER_PATH, PLUGIN_SAMPLER_NAME):
-        raise ValueError(
-            "credit.batching.reward_balanced.enabled=true installs its own sampler, but "
-            f"trainer.v1.sampler.custom_sampler is already set (path={path!r}, name={name!r}): unset one of them"
-        )
+    check_sampler_free(sampler.custom_sampler.get("path"), sampler.custom_sampler.get("name"))
     threshold = credit.correct_threshold if options.positive_threshold is None else options.positive_threshold
     with open_dict(sampler):
         sampler.custom_sampler.path = PLUGIN_SAMPLER_PATH

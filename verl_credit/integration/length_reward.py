@@ -170,16 +170,14 @@ class LengthRewardMixin:
         if self.credit_config.length_reward.enabled:
             step = int(getattr(self, "global_steps", 0) or 0)
             schedule = self._length_reward_schedule()
-            tokenizer = getattr(self, "tokenizer", None)
-            special = {getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)}
             result = apply_length_reward(
                 batch,
                 self.credit_config,
                 self._length_reward_scorer(),
                 schedule.value_at(step),
                 metrics,
-                special_token_ids=tuple(sorted(t for t in special if isinstance(t, int))),
-                tokenizer=tokenizer,
+                special_token_ids=self._credit_context().special_token_ids,  # PluginAdvantageMixin
+                tokenizer=getattr(self, "tokenizer", None),
             )
             schedule.observe(step, float(result.outcome[result.real].sum()), int(result.real.sum()))
             metrics.update({f"credit/{k}": v for k, v in schedule.metrics().items()})
