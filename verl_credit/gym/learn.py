@@ -101,7 +101,9 @@ def train_one(
     history: dict[str, list[float]] = {"reward/mean": [], "pg_clipfrac/mean": [], "balanced/fraction": []}
     for step in range(cfg.steps):
         problems = stream[step * per_step : (step + 1) * per_step]
-        r = sample(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, seed=seed * 100_003 + step)
+        r = sample(
+            model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, seed=seed * 100_003 + step, labels=False
+        )
         if method.reward_balanced:
             pos = r.rewards.view(per_step, cfg.group_size).sum(1).long().tolist()
             chosen, _, ok = select_balanced_groups(
