@@ -421,7 +421,7 @@ def test_dp_shards_write_their_own_widths(local_tq, tiny):
 
 
 def test_stage_tensors_pad_with_absent_values():
-    from verl_credit.integration.scoring_stage import stage_tensors
+    from verl_credit.integration.tq_io import stage_tensors
 
     def nested(rows):
         return torch.nested.as_nested_tensor(rows, layout=torch.jagged)

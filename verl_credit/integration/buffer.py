@@ -55,7 +55,7 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from verl_credit.core.batching import RewardBalancedConfig
 from verl_credit.core.reward_buffer import GroupRecord, RewardBalancedPool, fill_batch
-from verl_credit.integration.batching import PLUGIN_SAMPLER_NAME, PLUGIN_SAMPLER_PATH, check_sampler_free
+from verl_credit.integration.batching import PLUGIN_SAMPLER_NAME, PLUGIN_SAMPLER_PATH, check_sampler_free, row_uids
 
 __all__ = ["RewardBalancedReplayBuffer", "RewardBalancedBufferMixin", "install_reward_balanced_sampler"]
 
@@ -138,7 +138,9 @@ class RewardBalancedReplayBuffer(ReplayBuffer):
         terminal = (self.finished_keys[partition_id] | self.failure_keys[partition_id]) - self.pool.seen
         if not terminal:
             return
-        rows = [key for key in self.partitions[partition_id] if key.split("_")[0] in terminal]
+        keys = list(self.partitions[partition_id])
+        rows = [key for key, uid in zip(keys, row_uids(keys), strict=True) if uid in terminal]
+        uids = row_uids(rows)
         scores: dict[str, list[float]] = {uid: [] for uid in terminal}
         if rows:
             data = tq.kv_batch_get(keys=rows, partition_id=partition_id, select_fields=["rm_scores"])
@@ -147,10 +149,10 @@ class RewardBalancedReplayBuffer(ReplayBuffer):
                     "reward-balanced buffer: finished rollouts have no rm_scores; it needs rewards at sampling "
                     "time (rule-based reward or reward.reward_model.enable_resource_pool=true)"
                 )
-            for key, value in zip(rows, list(data["rm_scores"]), strict=True):
-                scores[key.split("_")[0]].append(float(value.sum()))
+            for uid, value in zip(uids, list(data["rm_scores"]), strict=True):
+                scores[uid].append(float(value.sum()))
         steps = self.prompt_global_steps[partition_id]
-        first_seen = {uid: i for i, uid in reversed(list(enumerate(k.split("_")[0] for k in rows)))}
+        first_seen = {uid: i for i, uid in reversed(list(enumerate(uids)))}
         for uid in sorted(terminal, key=lambda u: (steps.get(u, global_steps), first_seen.get(u, len(rows)))):
             values = scores[uid]
             record = GroupRecord(

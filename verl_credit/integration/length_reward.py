@@ -41,7 +41,7 @@ from verl_credit.core.length_reward import (
     resolve_scorer,
     run_scorer,
 )
-from verl_credit.integration.scoring_stage import stage_tensors
+from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
 from verl_credit.integration.verl_registry import require_plugin_trainer
 
 __all__ = [
@@ -91,17 +91,9 @@ def apply_length_reward(
     Metrics go to ``metrics`` as ``credit/length_reward/<quantity>/<stat>``.
     """
     fields = list(dict.fromkeys([*BASE_FIELDS, *scorer.all_fields]))
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-    missing = [f for f in fields if f not in data.keys()]
-    # TransferQueue answers an empty batch (with only a warning) when some rows lack a field
-    if missing or data.batch_size[0] != len(batch.keys):
-        name = missing[0] if missing else f"one of {fields}"
-        raise ValueError(
-            f"credit.length_reward.scorer={credit.length_reward.scorer} needs batch field {name!r}, "
-            "which this run does not produce for every row"
-        )
+    data = fetch(batch, fields, who=f"credit.length_reward.scorer={credit.length_reward.scorer}")
     nested_mask = data["response_mask"]
-    uids = [u.decode() if isinstance(u, bytes) else str(u) for u in data.get("uid").tolist()]
+    uids = uid_column(data)
     # the stage's per-rollout fields are not response-shaped: padded on their own
     stage = stage_tensors(data, [f for f in fields if f in STAGE_FIELDS])
     padded = data.select(*[f for f in fields if f != "uid" and f not in stage]).to_padded_tensor()

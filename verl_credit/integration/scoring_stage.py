@@ -4,7 +4,6 @@
                                 ``CreditActorRolloutRefWorker`` instead of verl's worker.
     _compute_advantage       -- run the stage, then ``super()`` (the length reward, estimators and
                                 weights read its output).
-    stage_tensors(data, fields)  -- the stage's per-rollout fields from TransferQueue as dense tensors.
     stage_products(name, credit) -> {"counterfactual": CounterfactualConfig | None, "reference": VarianceParams | None}
     run_scoring_stage(batch, worker_group, products, span_params, temperature, metrics, every_group)
 
@@ -30,29 +29,15 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
 
-from verl_credit.core.counterfactual import STAGE_PADDING
 from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage, sequence_scores
 from verl_credit.core.length_reward import resolve_scorer
+from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
 from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict
 from verl_credit.registry import get_estimator, list_estimators
 from verl_credit.spans import SpanParams, span_params_of
 from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
-
-
-def stage_tensors(data: TensorDict, fields) -> dict[str, torch.Tensor]:
-    """The stage's per-rollout fields of a ``tq.kv_batch_get`` answer, dense.
-
-    Each dp shard writes its own S (spans) or J (reference tokens), so rows come back nested when
-    shards differ; they are padded with the field's "absent" value (NaN scores, -1 spans and
-    answers, 0 for the reference log-probs and mask), never with a value that reads as a measurement.
-    """
-    out = {}
-    for f in fields:
-        value = data.get(f)
-        out[f] = value.to_padded_tensor(STAGE_PADDING.get(f, 0)) if value.is_nested else value
-    return out
 
 
 def stage_products(estimator: str, credit) -> dict:
@@ -111,10 +96,10 @@ def run_scoring_stage(
     as in :func:`scoring_requests`."""
     start = time.perf_counter()
     fields = ["uid", "rm_scores", "response_mask", "prompts", "responses"]
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+    data = fetch(batch, fields, who="the scoring stage")
     prompts = list(data["prompts"].unbind())
     padded = data.select("rm_scores", "response_mask", "responses").to_padded_tensor()
-    uids = [str(u) for u in data.get("uid").tolist()]
+    uids = uid_column(data)
     cf_request, copies, ref_request = scoring_requests(
         uids, padded["rm_scores"], padded["response_mask"], prompts, padded["responses"], every_group
     )
@@ -135,8 +120,8 @@ def run_scoring_stage(
     batch.extra_info["temperature"] = temperature
     worker_group.compute_credit_scores(batch)
 
-    fetch = ["credit_stage_tokens", *(STAGE_FIELDS if cf is not None else ())]
-    out = stage_tensors(tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fetch), fetch)
+    wanted = ["credit_stage_tokens", *(STAGE_FIELDS if cf is not None else ())]
+    out = stage_tensors(fetch(batch, wanted, who="the scoring stage's output"), wanted)
     if cf is not None and copies:
         dense = {f: out[f].clone() for f in STAGE_FIELDS}
         for row, source in copies.items():

@@ -26,6 +26,7 @@ from transfer_queue import KVBatchMeta
 from verl.workers.utils.padding import response_from_nested
 
 from verl_credit.core.token_flip import token_flip_shares
+from verl_credit.integration.tq_io import fetch
 
 __all__ = ["TokenFlipDiagnosticMixin", "POST_UPDATE_FIELD"]
 
@@ -63,11 +64,8 @@ class TokenFlipDiagnosticMixin:
             batch.extra_info.update(saved)
         if len(output) != len(batch):
             raise RuntimeError(f"compute_log_prob returned {len(output)} rows for a batch of {len(batch)}")
-        data = tq.kv_batch_get(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            select_fields=["log_probs", "old_log_probs", "advantages", "response_mask"],
-        )
+        fields = ["log_probs", "old_log_probs", "advantages", "response_mask"]
+        data = fetch(batch, fields, who="credit.diagnostics.token_flip_every")
         new = response_from_nested(data["log_probs"], data["response_mask"])
         tq.kv_batch_put(
             keys=batch.keys,

@@ -20,7 +20,7 @@ from verl.workers.utils.padding import response_to_nested
 
 from verl_credit.batch import CreditBatch, EstimatorContext
 from verl_credit.estimators import REFERENCE_FIELDS
-from verl_credit.integration.scoring_stage import stage_tensors
+from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
 from verl_credit.registry import EstimatorSpec, compute_advantages
 from verl_credit.scoring import CounterfactualConfig
 from verl_credit.weighting import STAGE_FIELDS, apply_counterfactual_weights
@@ -56,26 +56,14 @@ def compute_plugin_advantage(
     if "reference" in estimator.stage:
         stage_fields = (*stage_fields, *REFERENCE_FIELDS)
     fields = list(dict.fromkeys([*STOCK_FIELDS, "responses", *estimator.fields, *stage_fields]))
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-    # TransferQueue answers an empty batch (with only a warning) when some rows lack a field
-    if data.batch_size[0] != len(batch.keys):
-        raise ValueError(
-            f"TransferQueue returned {data.batch_size[0]} of {len(batch.keys)} rows for fields {fields}: "
-            "some rows lack one of them"
-        )
-    needed = ("responses", "response_mask", "rm_scores", *estimator.fields, *stage_fields)
-    missing = [f for f in needed if f not in data.keys()]
-    if missing:
-        raise ValueError(
-            f"estimator {estimator.name!r} needs batch field {missing[0]!r}, which this run does not produce"
-        )
+    needed = ("uid", "responses", "response_mask", "rm_scores", *estimator.fields, *stage_fields)
+    data = fetch(batch, fields, needed, who=f"estimator {estimator.name!r}")
     nested_mask = data["response_mask"]
     stage = stage_tensors(data, stage_fields)  # per-rollout tensors, not response-shaped
     data = data.exclude(*stage_fields)
-    data = DataProto(batch=data.to_padded_tensor())
-    if "uid" not in data.batch.keys():
-        raise ValueError("batch field 'uid' is missing from TransferQueue: every rollout needs its prompt uid")
-    data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+    uids = uid_column(data)
+    data = DataProto(batch=data.exclude("uid").to_padded_tensor())
+    data.non_tensor_batch["uid"] = np.array(uids, dtype=object)
     data.batch["token_level_scores"] = data.batch["rm_scores"]
 
     algo = config.algorithm
