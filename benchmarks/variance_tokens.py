@@ -29,7 +29,7 @@ from verl_credit.explain.options import ExplainConfig
 from verl_credit.explain.run import sample_rollouts
 from verl_credit.offline import load_smollm2
 from verl_credit.rewards import grade
-from verl_credit.scoring import hf_scorer, score_reference
+from verl_credit.scoring import answer_ids, hf_scorer, score_reference
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
 
@@ -56,10 +56,8 @@ def main(argv=None) -> int:
     gen_s = time.perf_counter() - start
     prompts, responses, uids = rollouts.prompts, rollouts.responses, rollouts.uids
     rewards = rollouts.rewards.tolist()
-    references = [
-        torch.tensor(tok(f"#### {problems[k].ground_truth}", add_special_tokens=False)["input_ids"])
-        for k in rollouts.problem_of
-    ]
+    template = VarianceParams().answer_template
+    references = [answer_ids(tok, template, problems[k].ground_truth) for k in rollouts.problem_of]
 
     scorer = hf_scorer(model, tok.pad_token_id)
     start = time.perf_counter()

@@ -36,6 +36,8 @@ __all__ = [
     "CounterfactualConfig",
     "VariantBatch",
     "build_variants",
+    "duplicate_rows",
+    "answer_ids",
     "hf_scorer",
     "SpanScores",
     "score_spans",
@@ -92,6 +94,36 @@ class VariantBatch:
     @property
     def forward_tokens(self) -> int:
         return int(sum(s.numel() for s in self.sequences))
+
+
+def answer_ids(tokenizer, template: str, answer) -> torch.Tensor:
+    """LongTensor of ``template`` with ``{answer}`` filled in, tokenized without special tokens
+    (how a reference answer is teacher-forced after the reasoning, on the workers and on CPU)."""
+    return torch.tensor(
+        tokenizer(template.format(answer=answer), add_special_tokens=False)["input_ids"], dtype=torch.long
+    )
+
+
+def duplicate_rows(
+    prompts: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    rows: Sequence[int],
+    extra: Sequence[torch.Tensor] | None = None,
+) -> tuple[list[int], dict[int, int]]:
+    """(rows to score, {duplicate row: the earlier row it equals}) for identical (prompt, response
+    [, extra]) rows, so each distinct sequence is scored once. Inputs: 1-D LongTensors, valid tokens only."""
+    first_of: dict[tuple, int] = {}
+    unique, copies = [], {}
+    for row in rows:
+        key = (tuple(prompts[row].tolist()), tuple(responses[row].tolist()))
+        if extra is not None:
+            key += (tuple(extra[row].tolist()),)
+        source = first_of.setdefault(key, row)
+        if source == row:
+            unique.append(row)
+        else:
+            copies[row] = source
+    return unique, copies
 
 
 def build_variants(
@@ -209,17 +241,7 @@ def score_spans(
     rows = list(range(B)) if rows is None else [int(r) for r in rows]
     if spans is None:
         spans = find_spans(tokenizer, [r.tolist() for r in responses], config)
-    first_of: dict[tuple, int] = {}
-    unique_rows, copy_from = [], {}
-    for row in rows:
-        key = (tuple(prompts[row].tolist()), tuple(responses[row].tolist()))
-        if gold_answers is not None:
-            key += (tuple(gold_answers[row].tolist()),)
-        if key in first_of:
-            copy_from[row] = first_of[key]
-        else:
-            first_of[key] = row
-            unique_rows.append(row)
+    unique_rows, copy_from = duplicate_rows(prompts, responses, rows, gold_answers)
     placeholder = _placeholder(tokenizer, config)
     variants = build_variants(prompts, responses, spans, unique_rows, placeholder, gold_answers)
     scores = torch.full((B, S + 1), math.nan)
@@ -279,13 +301,8 @@ def score_reference(
     B = len(responses)
     if spans is None:
         spans = find_spans(tokenizer, [r.tolist() for r in responses], params or SpanParams())
-    first_of: dict[tuple, int] = {}
-    unique, copies = [], {}
-    for row in rows:
-        key = (tuple(prompts[row].tolist()), tuple(responses[row].tolist()), tuple(references[row].tolist()))
-        copies[row] = first_of.setdefault(key, row)
-        if copies[row] == row:
-            unique.append(row)
+    unique, copy_from = duplicate_rows(prompts, responses, rows, references)
+    copies = {**{row: row for row in unique}, **copy_from}
     variants = build_variants(prompts, responses, spans, unique, 0, references, with_spans=False)
     token_logprobs = score_fn(variants.sequences, variants.targets)  # called even when empty (dp collectives)
     J = max((int(references[r].numel()) for r in rows), default=0)

@@ -88,16 +88,10 @@ class Workspace:
     def answer_ids(self, template: str) -> list[torch.Tensor]:
         """Every rollout's reference answer rendered by ``template`` (``{answer}`` = ground truth),
         tokenized as the actor worker does (no special tokens)."""
+        from verl_credit.scoring import answer_ids
+
         ro = self.rollouts
-        return [
-            torch.tensor(
-                self.tokenizer(
-                    template.format(answer=ro.problems[ro.problem_of[i]].ground_truth), add_special_tokens=False
-                )["input_ids"],
-                dtype=torch.long,
-            )
-            for i in range(len(ro))
-        ]
+        return [answer_ids(self.tokenizer, template, ro.problems[k].ground_truth) for k in ro.problem_of]
 
     def span_scores(self, rows: list[int]):
         """``scoring.score_spans`` of ``rows`` with the run's ``credit.counterfactual`` (gold answers

@@ -32,7 +32,7 @@ from verl_credit.core.groups import group_outcome_advantage
 from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
 from verl_credit.gym.task import Problem, grade, token_labels
 from verl_credit.registry import compute_advantages, get_estimator
-from verl_credit.scoring import hf_scorer, score_reference, score_spans
+from verl_credit.scoring import answer_ids, hf_scorer, score_reference, score_spans
 from verl_credit.weighting import STAGE_FIELDS, apply_counterfactual_weights
 
 __all__ = ["Method", "parse_method", "Rollouts", "sample", "evaluate", "evaluate_sampled", "estimate"]
@@ -213,10 +213,7 @@ def estimate(
             batch.fields.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
     if "reference" in spec.stage:
         template = config.variance.answer_template
-        refs = [
-            torch.tensor(tokenizer(template.format(answer=p.answer), add_special_tokens=False)["input_ids"])
-            for p in r.problems
-        ]
+        refs = [answer_ids(tokenizer, template, p.answer) for p in r.problems]
         rows = [i for i in range(B) if batch.groups.sizes[batch.groups.group[i]] > 1]
         logprobs, mask, _ = score_reference(tokenizer, score_fn, prompts, responses, refs, rows, config.counterfactual)
         batch.fields.update(zip(REFERENCE_FIELDS, (logprobs, mask), strict=True))

@@ -34,6 +34,7 @@ from verl_credit.core.length_reward import resolve_scorer
 from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
 from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict
 from verl_credit.registry import get_estimator, list_estimators
+from verl_credit.scoring import duplicate_rows
 from verl_credit.spans import SpanParams, span_params_of
 from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage
 
@@ -69,16 +70,10 @@ def scoring_requests(uids, rm_scores, response_mask, prompts, responses, every_g
         active = torch.zeros(groups.num_groups, dtype=torch.bool)
         active.index_put_((g[real],), z[real] != 0, accumulate=True)
         cf_request = real & active[g]
-    first: dict[tuple, int] = {}
-    copies: dict[int, int] = {}
     lengths = response_mask.sum(-1).tolist()
-    for row in cf_request.nonzero().flatten().tolist():
-        key = (tuple(prompts[row].tolist()), tuple(responses[row, : int(lengths[row])].tolist()))
-        if key in first:
-            copies[row] = first[key]
-            cf_request[row] = False
-        else:
-            first[key] = row
+    valid = [responses[i, : int(n)] for i, n in enumerate(lengths)]
+    _, copies = duplicate_rows(prompts, valid, cf_request.nonzero().flatten().tolist())
+    cf_request[list(copies)] = False
     return cf_request, copies, ref_request
 
 

@@ -26,7 +26,7 @@ from verl.single_controller.base.decorator import make_nd_compute_dataproto_disp
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from verl_credit.scoring import CounterfactualConfig, score_reference, score_spans
+from verl_credit.scoring import CounterfactualConfig, answer_ids, score_reference, score_spans
 from verl_credit.spans import SpanParams, find_spans
 
 __all__ = ["CreditActorRolloutRefWorker", "stage_rows", "engine_scorer", "STAGE_KEY", "reference_ids"]
@@ -51,10 +51,18 @@ def reference_ids(tokenizer, reward_model, template: str, row: int) -> torch.Ten
     if truth is None or (isinstance(truth, str) and not truth.strip()):
         raise ValueError(
             f"rollout {row}: field 'reward_model.ground_truth' is missing or empty; the variance-weighted "
-            "reward teacher-forces the reference answer from the data"
+            "reward and credit.counterfactual.answer_source=gold teacher-force the reference answer from the data"
         )
-    ids = tokenizer(template.format(answer=truth), add_special_tokens=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    return answer_ids(tokenizer, template, truth)
+
+
+def _references(data: TensorDict, tokenizer, rows: list[int], template: str, n: int) -> list[torch.Tensor]:
+    """Reference answer ids of ``rows`` (empty for the other rows), from ``reward_model.ground_truth``."""
+    models = data.get("reward_model").tolist() if rows else []
+    refs = [torch.zeros(0, dtype=torch.long)] * n
+    for row in rows:
+        refs[row] = reference_ids(tokenizer, models[row], template, row)
+    return refs
 
 
 def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict:
@@ -77,23 +85,14 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
     if stage.get("counterfactual") is not None:
         config = CounterfactualConfig(**stage["counterfactual"])
         rows = _request(data, "credit_cf_request", n).nonzero().flatten().tolist()
-        gold = None
-        if config.answer_source == "gold":
-            models = data.get("reward_model").tolist() if rows else []
-            gold = [torch.zeros(0, dtype=torch.long)] * n
-            for row in rows:
-                gold[row] = reference_ids(tokenizer, models[row], config.gold_template, row)
+        gold = _references(data, tokenizer, rows, config.gold_template, n) if config.answer_source == "gold" else None
         res = score_spans(tokenizer, score_fn, prompts, responses, config, rows=rows, gold_answers=gold, spans=spans)
         out.update(credit_cf_scores=res.scores, credit_cf_spans=res.spans, credit_cf_answer=res.answer)
         if n:
             tokens[0] += torch.tensor([res.forward_tokens, res.naive_tokens])
     if stage.get("reference") is not None:
         rows = _request(data, "credit_ref_request", n).nonzero().flatten().tolist()
-        models = data.get("reward_model").tolist() if rows else []
-        template = stage["reference"]["answer_template"]
-        refs = [torch.zeros(0, dtype=torch.long)] * n
-        for row in rows:
-            refs[row] = reference_ids(tokenizer, models[row], template, row)
+        refs = _references(data, tokenizer, rows, stage["reference"]["answer_template"], n)
         logprobs, mask, forward = score_reference(tokenizer, score_fn, prompts, responses, refs, rows, spans=spans)
         out.update(credit_ref_logprobs=logprobs, credit_ref_mask=mask)
         if n:
