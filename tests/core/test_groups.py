@@ -75,3 +75,15 @@ def test_non_finite_reward_names_the_rollout(value):
     rewards[2, 3] = value
     with pytest.raises(ValueError, match=r"rollout 2 \(uid 'u-2'\)"):
         sequence_scores(rewards, torch.ones(3, 4), uids=["u-0", "u-1", "u-2"])
+
+
+def test_row_selection_helpers():
+    from verl_credit.core.groups import contrast_rows, group_sum, mixed_groups, multi_rollout_rows
+
+    uids = ["a", "a", "b", "b", "c", "pad0", "d", "d"]
+    scores = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    groups = group_index_from_uids(uids)  # groups sorted by uid: a, b, c, d
+    assert mixed_groups(scores > 0.5, groups).tolist() == [True, False, False, False]
+    assert multi_rollout_rows(groups).tolist() == [True, True, True, True, False, False, True, True]
+    assert contrast_rows(scores, groups).tolist() == [True, True, False, False, False, False, False, False]
+    assert group_sum(torch.tensor([1, 2, 3]), torch.tensor([0, 2, 0]), 3).tolist() == [4, 0, 2]

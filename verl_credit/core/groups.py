@@ -27,6 +27,9 @@ __all__ = [
     "sequence_scores",
     "group_outcome_advantage",
     "group_sum",
+    "mixed_groups",
+    "multi_rollout_rows",
+    "contrast_rows",
     "group_outcome_advantage_loop",
 ]
 
@@ -88,6 +91,27 @@ def group_sum(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> tor
     Shapes: values (N, ...), group LongTensor[N] in [0, num_groups) -> (num_groups, ...), values' dtype.
     """
     return torch.zeros((num_groups, *values.shape[1:]), dtype=values.dtype).index_add_(0, group, values)
+
+
+def mixed_groups(correct: torch.Tensor, groups: GroupIndex) -> torch.Tensor:
+    """BoolTensor[G]: groups holding both correct and wrong rollouts. correct: BoolTensor[B]."""
+    real = groups.group >= 0
+    n_correct = group_sum(correct[real].long(), groups.group[real], groups.num_groups)
+    return (n_correct > 0) & (n_correct < groups.sizes)
+
+
+def multi_rollout_rows(groups: GroupIndex) -> torch.Tensor:
+    """BoolTensor[B]: real rollouts of groups with at least two (the ones a group statistic can use)."""
+    return (groups.group >= 0) & (groups.sizes[groups.group.clamp_min(0)] > 1)
+
+
+def contrast_rows(scores: torch.Tensor, groups: GroupIndex) -> torch.Tensor:
+    """BoolTensor[B]: real rollouts of groups whose outcome advantages are not all zero (rows any
+    group-relative estimator gives credit to; the counterfactual stage scores only these). scores: (B,)."""
+    real = groups.group >= 0
+    z = group_outcome_advantage(scores, groups)
+    active = group_sum((z[real] != 0).long(), groups.group[real], groups.num_groups) > 0
+    return real & active[groups.group.clamp_min(0)]
 
 
 def sequence_scores(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, uids=None) -> torch.Tensor:

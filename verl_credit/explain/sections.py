@@ -320,16 +320,14 @@ def _counterfactual_requires() -> str | None:
 @explainer("counterfactual", requires=_counterfactual_requires)
 def counterfactual_view(ws: Workspace) -> Section:
     from verl_credit.core.counterfactual import WEIGHT_MODES, span_importance
-    from verl_credit.core.groups import group_outcome_advantage
+    from verl_credit.core.groups import contrast_rows
     from verl_credit.weighting import apply_counterfactual_weights
 
     cf = ws.credit.counterfactual
     plain = ws.batch()
-    z = group_outcome_advantage(plain.scores, plain.groups, ws.ctx.norm_adv_by_std, ws.credit.epsilon)
     rows = list(range(plain.batch_size))
     if ws.score_rows == "trained":  # the trainer scores only groups with a non-zero outcome advantage
-        live = {int(g) for g, adv in zip(plain.groups.group, z, strict=True) if adv != 0}
-        rows = [i for i in rows if int(plain.groups.group[i]) in live]
+        rows = contrast_rows(plain.scores, plain.groups).nonzero().flatten().tolist()
     res = ws.span_scores(rows)
     fields = {"credit_cf_scores": res.scores, "credit_cf_spans": res.spans, "credit_cf_answer": res.answer}
     batch = ws.batch(fields)
@@ -507,6 +505,7 @@ def _length_requires() -> str | None:
 @explainer("length_reward", requires=_length_requires)
 def length_reward_view(ws: Workspace) -> Section:
     from verl_credit.core.counterfactual import STAGE_FIELDS
+    from verl_credit.core.groups import multi_rollout_rows
     from verl_credit.core.length_reward import (
         DynamicLambdaSchedule,
         ScorerInputs,
@@ -529,7 +528,7 @@ def length_reward_view(ws: Workspace) -> Section:
             old[i, : lp.numel()] = lp
         available["old_log_probs"] = old
     if scorer.stage == "counterfactual":  # the trainer's rule with the length reward on: groups of >= 2
-        rows = (batch.groups.sizes[batch.groups.group.clamp_min(0)] > 1).nonzero().flatten().tolist()
+        rows = multi_rollout_rows(batch.groups).nonzero().flatten().tolist()
         res = ws.span_scores(rows)
         available.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
     ktae = ws.credit.ktae

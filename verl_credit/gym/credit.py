@@ -27,7 +27,7 @@ import torch
 
 from verl_credit.config import CreditConfig
 from verl_credit.core.counterfactual import STAGE_FIELDS
-from verl_credit.core.groups import group_index_from_uids
+from verl_credit.core.groups import group_index_from_uids, mixed_groups
 from verl_credit.core.length_reward import ScorerInputs, get_scorer, minmax_normalize, run_scorer
 from verl_credit.gym.model import response_logprobs
 from verl_credit.gym.rollout import Method, Rollouts, estimate
@@ -147,11 +147,7 @@ def token_signals(
 
 def _mixed(r: Rollouts, config: CreditConfig) -> torch.Tensor:
     """BoolTensor[G]: groups with some correct and some wrong rollouts."""
-    groups = group_index_from_uids(r.uids)
-    n_correct = torch.zeros(groups.num_groups).index_add_(
-        0, groups.group, (r.rewards > config.correct_threshold).float()
-    )
-    return (n_correct > 0) & (n_correct < groups.sizes)
+    return mixed_groups(r.rewards > config.correct_threshold, group_index_from_uids(r.uids))
 
 
 def credit_precision(

@@ -28,7 +28,7 @@ import torch
 
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
 from verl_credit.config import CreditConfig
-from verl_credit.core.groups import group_outcome_advantage
+from verl_credit.core.groups import contrast_rows, multi_rollout_rows
 from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
 from verl_credit.gym.task import Problem, grade, token_labels
 from verl_credit.registry import compute_advantages, get_estimator
@@ -205,16 +205,13 @@ def estimate(
     if method.estimator == "counterfactual":
         cf = dataclasses.replace(config.counterfactual, mode=method.cf_mode)
         if cf.mode != "uniform":
-            z = group_outcome_advantage(batch.scores, batch.groups)
-            g = batch.groups.group
-            active = torch.zeros(batch.groups.num_groups, dtype=torch.bool).index_put_((g,), z != 0, accumulate=True)
-            rows = active[g].nonzero().flatten().tolist()
+            rows = contrast_rows(batch.scores, batch.groups).nonzero().flatten().tolist()
             res = score_spans(tokenizer, score_fn, prompts, responses, cf, rows=rows)
             batch.fields.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
     if "reference" in spec.stage:
         template = config.variance.answer_template
         refs = [answer_ids(tokenizer, template, p.answer) for p in r.problems]
-        rows = [i for i in range(B) if batch.groups.sizes[batch.groups.group[i]] > 1]
+        rows = multi_rollout_rows(batch.groups).nonzero().flatten().tolist()
         logprobs, mask, _ = score_reference(tokenizer, score_fn, prompts, responses, refs, rows, config.counterfactual)
         batch.fields.update(zip(REFERENCE_FIELDS, (logprobs, mask), strict=True))
     out = compute_advantages(spec, batch, ctx)

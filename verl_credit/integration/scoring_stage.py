@@ -23,13 +23,12 @@ from __future__ import annotations
 import time
 
 import ray
-import torch
 import transfer_queue as tq
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
 
-from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage, sequence_scores
+from verl_credit.core.groups import contrast_rows, group_index_from_uids, multi_rollout_rows, sequence_scores
 from verl_credit.core.length_reward import resolve_scorer
 from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
 from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict
@@ -60,16 +59,11 @@ def scoring_requests(uids, rm_scores, response_mask, prompts, responses, every_g
     (the length reward is on), not only for groups whose outcome advantages are not all zero.
     """
     groups = group_index_from_uids(uids)
-    real = ~groups.is_padding
-    g = groups.group.clamp_min(0)
-    ref_request = real & (groups.sizes[g] > 1)
+    ref_request = multi_rollout_rows(groups)
     if every_group:
         cf_request = ref_request.clone()
     else:
-        z = group_outcome_advantage(sequence_scores(rm_scores, response_mask, uids), groups)
-        active = torch.zeros(groups.num_groups, dtype=torch.bool)
-        active.index_put_((g[real],), z[real] != 0, accumulate=True)
-        cf_request = real & active[g]
+        cf_request = contrast_rows(sequence_scores(rm_scores, response_mask, uids), groups)
     lengths = response_mask.sum(-1).tolist()
     valid = [responses[i, : int(n)] for i, n in enumerate(lengths)]
     _, copies = duplicate_rows(prompts, valid, cf_request.nonzero().flatten().tolist())
