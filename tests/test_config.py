@@ -29,6 +29,9 @@ def test_defaults_are_declared_once():
         ({"epsilon": 0}, "credit.epsilon"),
         ({"ktae": {"tf_b": 3}}, "credit.ktae.tf_b"),
         ({"import_modules": ["not a module"]}, "credit.import_modules"),
+        ({"variance": {"frac": True}}, "credit.variance.frac"),  # a bool is not a number
+        ({"ktae": {"alpha": True}}, "credit.ktae.alpha"),
+        ({"counterfactual": {"max_spans": True}}, "credit.counterfactual.max_spans"),
     ],
 )
 def test_from_dict_names_bad_keys(values, key):

@@ -21,11 +21,11 @@ GRPO (z-score) or Dr.GRPO (centring) for the outcome advantage.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from verl_credit.core.batching import BatchingConfig, DiagnosticsConfig
+from verl_credit.core.checks import is_number
 from verl_credit.core.ktae import KTAEParams
 from verl_credit.core.length_reward import LengthRewardConfig
 from verl_credit.core.variance import VarianceParams
@@ -76,9 +76,9 @@ class CreditConfig:
     import_modules: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if not (isinstance(self.correct_threshold, int | float) and math.isfinite(self.correct_threshold)):
+        if not is_number(self.correct_threshold):
             raise ValueError(f"credit.correct_threshold must be a finite number, got {self.correct_threshold!r}")
-        if not (isinstance(self.epsilon, int | float) and self.epsilon > 0 and math.isfinite(self.epsilon)):
+        if not (is_number(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"credit.epsilon must be a finite number > 0, got {self.epsilon!r}")
         if self.token_weighting not in ("none", "counterfactual"):
             raise ValueError(f"credit.token_weighting must be 'none' or 'counterfactual', got {self.token_weighting!r}")

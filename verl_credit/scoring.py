@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_credit.core.checks import is_int
 from verl_credit.core.counterfactual import WeightParams
 from verl_credit.spans import ResponseSpans, SpanParams, find_spans
 
@@ -74,7 +75,7 @@ class CounterfactualConfig(SpanParams, WeightParams):
             raise ValueError(f"credit.counterfactual.answer_source must be 'own' or 'gold', got {self.answer_source!r}")
         if "{answer}" not in self.gold_template:
             raise ValueError("credit.counterfactual.gold_template must contain '{answer}'")
-        if not (isinstance(self.max_batch_tokens, int) and self.max_batch_tokens >= 16):
+        if not (is_int(self.max_batch_tokens) and self.max_batch_tokens >= 16):
             raise ValueError(
                 f"credit.counterfactual.max_batch_tokens must be an integer >= 16, got {self.max_batch_tokens!r}"
             )

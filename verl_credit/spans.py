@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from verl_credit.core.checks import is_int
+
 __all__ = [
     "SpanParams",
     "ResponseSpans",
@@ -67,7 +69,7 @@ class SpanParams:
     def __post_init__(self):
         for name in ("max_spans", "max_span_tokens", "min_sentence_tokens"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
+            if not (is_int(value) and value >= 1):
                 raise ValueError(f"credit.counterfactual.{name} must be an integer >= 1, got {value!r}")
         if not all(isinstance(m, str) and m for m in self.answer_markers):
             raise ValueError(

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from verl_credit.core.checks import is_int, is_number
+
 __all__ = [
     "BatchingConfig",
     "RewardBalancedConfig",
@@ -58,10 +60,6 @@ BalanceFn = Callable[[list[float], int], list[list[int]]]
 
 
 # ----------------------------------------------------------------------------- configuration
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -102,19 +100,17 @@ class RewardBalancedConfig:
         prefix = "credit.batching.reward_balanced"
         if not isinstance(self.enabled, bool):
             raise ValueError(f"{prefix}.enabled must be true or false, got {self.enabled!r}")
-        if not (isinstance(self.rho, int | float) and not isinstance(self.rho, bool) and 0 < self.rho <= 0.5):
+        if not (is_number(self.rho) and 0 < self.rho <= 0.5):
             raise ValueError(f"{prefix}.rho must lie in (0, 0.5], got {self.rho!r}")
-        if not (_is_int(self.max_age) and self.max_age >= 0):
+        if not (is_int(self.max_age) and self.max_age >= 0):
             raise ValueError(f"{prefix}.max_age must be an integer >= 0 (steps), got {self.max_age!r}")
-        if self.positive_threshold is not None and not (
-            isinstance(self.positive_threshold, int | float) and math.isfinite(self.positive_threshold)
-        ):
+        if self.positive_threshold is not None and not is_number(self.positive_threshold):
             raise ValueError(
                 f"{prefix}.positive_threshold must be null or a finite number, got {self.positive_threshold!r}"
             )
-        if not (_is_int(self.max_refills) and self.max_refills >= 0):
+        if not (is_int(self.max_refills) and self.max_refills >= 0):
             raise ValueError(f"{prefix}.max_refills must be an integer >= 0, got {self.max_refills!r}")
-        if not (_is_int(self.capacity_batches) and self.capacity_batches >= 1):
+        if not (is_int(self.capacity_batches) and self.capacity_batches >= 1):
             raise ValueError(f"{prefix}.capacity_batches must be an integer >= 1, got {self.capacity_batches!r}")
 
 
@@ -155,7 +151,7 @@ class DiagnosticsConfig:
     token_flip_every: int = 0
 
     def __post_init__(self):
-        if not (_is_int(self.token_flip_every) and self.token_flip_every >= 0):
+        if not (is_int(self.token_flip_every) and self.token_flip_every >= 0):
             raise ValueError(
                 f"credit.diagnostics.token_flip_every must be an integer >= 0 (0 = off), got {self.token_flip_every!r}"
             )

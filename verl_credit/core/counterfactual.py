@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_credit.core.checks import is_number
+
 __all__ = [
     "STAGE_FIELDS",
     "STAGE_PADDING",
@@ -86,7 +88,7 @@ class WeightParams:
             raise ValueError(f"credit.counterfactual.mode must be one of {WEIGHT_MODES}, got {self.mode!r}")
         for name in ("w_min", "w_max", "answer_weight"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if not (is_number(value) and value > 0):
                 raise ValueError(f"credit.counterfactual.{name} must be > 0, got {value!r}")
         if self.w_min > self.w_max:
             raise ValueError(f"credit.counterfactual.w_min ({self.w_min}) must be <= w_max ({self.w_max})")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_credit.core.checks import is_int, is_number
 from verl_credit.core.fisher import fisher_exact_two_sided, fisher_exact_two_sided_loop
 from verl_credit.core.groups import (
     GroupIndex,
@@ -84,15 +85,13 @@ class KTAEParams:
     def __post_init__(self):
         for name in ("alpha", "beta", "top", "tf_eps", "tf_k1"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if not (is_number(value) and value >= 0):
                 raise ValueError(f"credit.ktae.{name} must be a finite number >= 0, got {value!r}")
         if self.alpha + self.beta <= 0:
             raise ValueError("credit.ktae.alpha + credit.ktae.beta must be > 0 (K divides by their sum)")
         if not 0.0 <= self.tf_b <= 1.0:
             raise ValueError(f"credit.ktae.tf_b must lie in [0, 1], got {self.tf_b!r}")
-        if self.ignore_token_ids is not None and not all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.ignore_token_ids
-        ):
+        if self.ignore_token_ids is not None and not all(is_int(t) and t >= 0 for t in self.ignore_token_ids):
             raise ValueError(
                 f"credit.ktae.ignore_token_ids must be null or a list of token ids >= 0, got {self.ignore_token_ids!r}"
             )

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from verl_credit.core.checks import is_int, is_number
 from verl_credit.core.counterfactual import STAGE_FIELDS, token_significance
 from verl_credit.core.groups import PADDING_UID_PREFIX, GroupIndex, group_sum
 from verl_credit.core.ktae import KTAEParams, key_token_values
@@ -145,32 +146,24 @@ class LengthRewardConfig:
                 f"{key}.scorer must be one of {', '.join(BUILTIN_SCORERS)} or an import path "
                 f"'module.path:function', got {self.scorer!r}"
             )
-        if not (_is_number(self.threshold) and 0.0 <= self.threshold <= 1.0):
+        if not (is_number(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise ValueError(f"{key}.threshold must be a number in [0, 1], got {self.threshold!r}")
         for name in ("lambda_c", "lambda_wn", "lambda_we"):
             value = getattr(self, name)
-            if not (_is_number(value) and value >= 0):
+            if not (is_number(value) and value >= 0):
                 raise ValueError(f"{key}.{name} must be a finite number >= 0, got {value!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"{key}.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not (_is_int(self.slope_start_step) and self.slope_start_step >= 1):
+        if not (is_int(self.slope_start_step) and self.slope_start_step >= 1):
             raise ValueError(f"{key}.slope_start_step must be an integer >= 1, got {self.slope_start_step!r}")
-        if not (_is_int(self.slope_period) and self.slope_period >= 2):
+        if not (is_int(self.slope_period) and self.slope_period >= 2):
             raise ValueError(
                 f"{key}.slope_period must be an integer >= 2 (a slope needs two points), got {self.slope_period!r}"
             )
-        if not _is_number(self.slope_threshold):
+        if not is_number(self.slope_threshold):
             raise ValueError(f"{key}.slope_threshold must be a finite number, got {self.slope_threshold!r}")
-        if not (_is_number(self.penalty_step) and self.penalty_step > 0):
+        if not (is_number(self.penalty_step) and self.penalty_step > 0):
             raise ValueError(f"{key}.penalty_step must be a finite number > 0, got {self.penalty_step!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _valid_scorer_spec(spec: str) -> bool:

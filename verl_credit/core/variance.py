@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_credit.core.checks import is_number
 from verl_credit.core.groups import GroupIndex, group_sum
 
 __all__ = ["VarianceParams", "R3Result", "r3_rewards", "r3_rewards_loop", "WEIGHTINGS"]
@@ -53,9 +54,9 @@ class VarianceParams:
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"credit.variance.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if not (isinstance(self.frac, int | float) and 0 < self.frac <= 1):
+        if not (is_number(self.frac) and 0 < self.frac <= 1):
             raise ValueError(f"credit.variance.frac must lie in (0, 1], got {self.frac!r}")
-        if not (isinstance(self.r3_coef, int | float) and math.isfinite(self.r3_coef) and self.r3_coef >= 0):
+        if not (is_number(self.r3_coef) and self.r3_coef >= 0):
             raise ValueError(f"credit.variance.r3_coef must be a finite number >= 0, got {self.r3_coef!r}")
         if "{answer}" not in self.answer_template:
             raise ValueError("credit.variance.answer_template must contain '{answer}'")
