@@ -20,7 +20,13 @@ import torch
 from verl_credit.config import CreditConfig
 from verl_credit.core.groups import GroupIndex, group_index_from_uids, sequence_scores
 
-__all__ = ["CreditBatch", "CreditOutput", "EstimatorContext"]
+__all__ = ["CreditBatch", "CreditOutput", "EstimatorContext", "special_token_ids"]
+
+
+def special_token_ids(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's pad and eos ids (those it has), sorted: KTAE's default ignore list."""
+    ids = {getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)}
+    return tuple(sorted(t for t in ids if isinstance(t, int)))
 
 
 @dataclass

@@ -5,8 +5,6 @@ ktae  -- key-token advantage estimation, see ``verl_credit.core.ktae``.
 
 from __future__ import annotations
 
-import dataclasses
-
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
 from verl_credit.core.groups import group_outcome_advantage, group_sum
 from verl_credit.core.ktae import ktae_advantages
@@ -33,9 +31,7 @@ def counterfactual(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
 @register_estimator("ktae")
 def ktae(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
     """KTAE: outcome advantage plus a key-token value per (group, token id) (arXiv 2505.16826)."""
-    params = ctx.config.ktae
-    if params.ignore_token_ids is None:
-        params = dataclasses.replace(params, ignore_token_ids=list(ctx.special_token_ids))
+    params = ctx.config.ktae.with_special_ids(ctx.special_token_ids)
     res = ktae_advantages(
         batch.responses,
         batch.response_mask,

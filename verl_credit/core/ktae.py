@@ -28,6 +28,7 @@ float32 lgamma, a/C instead of a/(C + 1e-10); a class with no valid token gets t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +96,12 @@ class KTAEParams:
             raise ValueError(
                 f"credit.ktae.ignore_token_ids must be null or a list of token ids >= 0, got {self.ignore_token_ids!r}"
             )
+
+    def with_special_ids(self, special_token_ids) -> KTAEParams:
+        """These params with ``ignore_token_ids`` resolved: the tokenizer's special ids when unset."""
+        if self.ignore_token_ids is not None:
+            return self
+        return dataclasses.replace(self, ignore_token_ids=[int(t) for t in special_token_ids if t is not None])
 
 
 @dataclass(frozen=True)

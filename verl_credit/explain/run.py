@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from verl_credit.batch import CreditBatch, EstimatorContext
+from verl_credit.batch import CreditBatch, EstimatorContext, special_token_ids
 from verl_credit.config import CreditConfig
 from verl_credit.data import Problem, embedded_gsm8k, load_problems
 from verl_credit.explain.options import ExplainConfig
@@ -298,13 +298,12 @@ def explain_rollouts(
     if grading is not None:
         result.grading = grading
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    special = {tokenizer.pad_token_id, tokenizer.eos_token_id}
     ws = sections_mod.Workspace(
         rollouts=rollouts,
         tokenizer=tokenizer,
         model=model,
         credit=credit,
-        ctx=EstimatorContext(config=credit, special_token_ids=tuple(sorted(t for t in special if isinstance(t, int)))),
+        ctx=EstimatorContext(config=credit, special_token_ids=special_token_ids(tokenizer)),
         pad_id=pad,
         score_rows=config.score_rows,
     )

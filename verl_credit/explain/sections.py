@@ -531,15 +531,12 @@ def length_reward_view(ws: Workspace) -> Section:
         rows = multi_rollout_rows(batch.groups).nonzero().flatten().tolist()
         res = ws.span_scores(rows)
         available.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
-    ktae = ws.credit.ktae
-    if ktae.ignore_token_ids is None:
-        ktae = dataclasses.replace(ktae, ignore_token_ids=list(ws.ctx.special_token_ids))
     inputs = ScorerInputs(
         response_mask=batch.response_mask,
         fields={f: available[f] for f in scorer.all_fields},
         correct=ws.correct,
         groups=batch.groups,
-        ktae_params=ktae,
+        ktae_params=ws.credit.ktae.with_special_ids(ws.ctx.special_token_ids),
         tokenizer=ws.tokenizer,
     )
     significance = run_scorer(scorer, inputs)

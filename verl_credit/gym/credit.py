@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from verl_credit.batch import special_token_ids
 from verl_credit.config import CreditConfig
 from verl_credit.core.counterfactual import STAGE_FIELDS
 from verl_credit.core.groups import group_index_from_uids, mixed_groups
@@ -110,13 +111,7 @@ def token_signals(
             signals["ktae K"] = out.diagnostics["key_token_values"].abs() * mask
     groups = group_index_from_uids(r.uids)
     correct = r.rewards > config.correct_threshold
-    ktae_params = config.ktae
-    if ktae_params.ignore_token_ids is None:
-        import dataclasses
-
-        ktae_params = dataclasses.replace(
-            ktae_params, ignore_token_ids=[tokenizer.pad_token_id, tokenizer.eos_token_id]
-        )
+    ktae_params = config.ktae.with_special_ids(special_token_ids(tokenizer))
     for name in ("surprisal", "ktae"):
         scorer = get_scorer(name)
         inputs = ScorerInputs(

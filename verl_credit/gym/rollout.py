@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
+from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext, special_token_ids
 from verl_credit.config import CreditConfig
 from verl_credit.core.groups import contrast_rows, multi_rollout_rows
 from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
@@ -185,7 +185,7 @@ def context(tokenizer, config: CreditConfig, step: int = 0) -> EstimatorContext:
     return EstimatorContext(
         config=config,
         norm_adv_by_std=True,
-        special_token_ids=(tokenizer.pad_token_id, tokenizer.eos_token_id),
+        special_token_ids=special_token_ids(tokenizer),
         global_step=step,
     )
 

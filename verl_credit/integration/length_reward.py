@@ -17,7 +17,6 @@ The maths lives in :mod:`verl_credit.core.length_reward`. Only the driver writes
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -100,15 +99,12 @@ def apply_length_reward(
     padded = {**dict(padded.items()), **stage}
     response_mask, rm_scores = padded["response_mask"], padded["rm_scores"]
     groups = group_index_from_uids(uids)
-    ktae = credit.ktae
-    if ktae.ignore_token_ids is None:
-        ktae = dataclasses.replace(ktae, ignore_token_ids=list(special_token_ids))
     inputs = ScorerInputs(
         response_mask=response_mask,
         fields={f: padded[f] for f in scorer.all_fields},
         correct=rm_scores.double().sum(-1) > credit.correct_threshold,
         groups=groups,
-        ktae_params=ktae,
+        ktae_params=credit.ktae.with_special_ids(special_token_ids),
         tokenizer=tokenizer,
     )
     significance = run_scorer(scorer, inputs)

@@ -22,7 +22,7 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from verl_credit.batch import EstimatorContext
+from verl_credit.batch import EstimatorContext, special_token_ids
 from verl_credit.config import CreditConfig
 from verl_credit.estimators import GRPO_SPEC
 from verl_credit.integration.batching import QueryPreservedBatchingMixin, check_batching_config
@@ -81,12 +81,10 @@ class PluginAdvantageMixin:
     """``_compute_advantage``: plugin estimators here, everything else to verl."""
 
     def _credit_context(self) -> EstimatorContext:
-        tokenizer = getattr(self, "tokenizer", None)
-        special = {getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)}
         return EstimatorContext(
             config=self.credit_config,
             norm_adv_by_std=bool(self.config.algorithm.get("norm_adv_by_std_in_grpo", True)),
-            special_token_ids=tuple(sorted(t for t in special if isinstance(t, int))),
+            special_token_ids=special_token_ids(getattr(self, "tokenizer", None)),
             global_step=int(getattr(self, "global_steps", 0) or 0),
         )
 
