@@ -133,8 +133,6 @@ class BatchingConfig:
     def __post_init__(self):
         if not isinstance(self.query_preserved, bool):
             raise ValueError(f"credit.batching.query_preserved must be true or false, got {self.query_preserved!r}")
-        if isinstance(self.reward_balanced, dict):
-            self.reward_balanced = RewardBalancedConfig(**self.reward_balanced)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from verl_credit.integration.scoring_stage import ScoringStageMixin
 from verl_credit.integration.token_flip import TokenFlipDiagnosticMixin
 from verl_credit.integration.tq_batch import compute_plugin_advantage
 from verl_credit.integration.verl_registry import TRAINER_MODE, register_estimator_stubs, require_plugin_trainer
-from verl_credit.registry import get_estimator, list_estimators
+from verl_credit.registry import EstimatorSpec, get_estimator, list_estimators
 from verl_credit.weighting import weighting_active
 
 # policy losses that use sequence-level ratios or advantages: token-level credit does not apply
@@ -54,19 +54,29 @@ def credit_config_from(config) -> CreditConfig:
     return credit
 
 
+def plugin_spec(name: str, token_weighting: str) -> EstimatorSpec | None:
+    """The estimator the plugin computes for ``algorithm.adv_estimator=name``: a registered one, or
+    verl's grpo numbers when counterfactual weights go on top; None leaves the step to verl."""
+    if name in list_estimators():
+        return get_estimator(name)
+    if name == "grpo" and weighting_active(name, token_weighting):
+        return GRPO_SPEC
+    return None
+
+
 def validate_run_config(config) -> CreditConfig:
     """Start-up checks of a full trainer config; returns the validated ``credit`` block."""
     credit = credit_config_from(config)
     validate_length_reward_run(config, credit)
     check_batching_config(config, credit)
     name = config.algorithm.adv_estimator
-    weighting = weighting_active(name, credit.token_weighting)
-    if weighting and name != "grpo" and name not in list_estimators():
+    spec = plugin_spec(name, credit.token_weighting)
+    if spec is None and weighting_active(name, credit.token_weighting):
         raise ValueError(
             f"credit.token_weighting=counterfactual works over grpo or a verl_credit estimator, "
             f"not algorithm.adv_estimator={name}"
         )
-    if name in list_estimators() or weighting:
+    if spec is not None:
         require_plugin_trainer(config, f"algorithm.adv_estimator={name}", "compares the rollouts of one prompt")
         loss_mode = config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla")
         if loss_mode in SEQUENCE_LEVEL_LOSSES:
@@ -91,11 +101,8 @@ class PluginAdvantageMixin:
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         name = self.config.algorithm.adv_estimator
         weighting = weighting_active(name, self.credit_config.token_weighting)
-        if name in list_estimators():
-            spec = get_estimator(name)
-        elif weighting and name == "grpo":
-            spec = GRPO_SPEC  # verl's grpo numbers, computed here so the weights can be applied
-        else:
+        spec = plugin_spec(name, self.credit_config.token_weighting)
+        if spec is None:
             return super()._compute_advantage(batch, metrics)
         return compute_plugin_advantage(
             self.config,
