@@ -111,3 +111,22 @@ def test_ktae_estimator_uses_tokenizer_ids_by_default_and_metric_names():
     # verl reduces metrics by substring: a name containing "min"/"max" would be reduced with min/max
     for name in out.metrics:
         assert "min" not in name and "max" not in name, name
+
+
+def test_counterfactual_weights_leave_unscored_rollouts_at_one():
+    """A rollout the stage did not score keeps weight 1 everywhere, its detected answer included."""
+    from verl_credit.scoring import CounterfactualConfig
+    from verl_credit.weighting import apply_counterfactual_weights
+
+    batch = _batch()
+    nan = math.nan
+    batch.fields.update(
+        credit_cf_scores=torch.tensor([[-2.0, -3.0], [nan, nan], [-1.0, -1.5], [nan, nan], [nan, nan]]),
+        credit_cf_spans=torch.tensor([[[0, 1]], [[0, 1]], [[0, 1]], [[-1, -1]], [[-1, -1]]]),
+        credit_cf_answer=torch.tensor([[2, 3], [1, 2], [2, 3], [-1, -1], [-1, -1]]),
+    )
+    out = compute_advantages("counterfactual", batch, EstimatorContext())
+    out = apply_counterfactual_weights(out, batch, CounterfactualConfig())
+    assert out.token_weights[1].tolist() == [1.0, 1.0, 1.0]  # spans and answer found, not scored
+    assert out.token_weights[0].tolist() == [1.25, 1.0, 1.5]  # one span: I_hat 0.5 -> 0.5 + 0.5 * 1.5
+    assert out.metrics["counterfactual/rollouts_weighted/count"] == 2.0

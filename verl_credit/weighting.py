@@ -51,10 +51,12 @@ def apply_counterfactual_weights(
         D, importance = span_importance(scores)
         generator = torch.Generator().manual_seed(int(cf.seed) * 1_000_003 + int(global_step))
         importance = control_importance(importance, cf.mode, generator)
+        scored = ~torch.isnan(scores[:, 0])
+        answer = torch.where(scored.unsqueeze(1), answer, torch.full_like(answer, -1))  # unscored: weight 1
         weights = token_weights(importance, spans, answer, T, cf)
         real = ~batch.groups.is_padding
         valid_spans = ~torch.isnan(D) & real.unsqueeze(1)
-        per_rollout = (spans[..., 0] >= 0).sum(1).float()[real]
+        per_rollout = (spans[..., 0] >= 0).sum(1).float()[real & scored]
         w_valid = weights[batch.response_mask.bool() & real.unsqueeze(1)]
         metrics = {
             "counterfactual/distractor_spans/fraction": float((D[valid_spans] > 0).float().mean())
@@ -63,7 +65,7 @@ def apply_counterfactual_weights(
             "counterfactual/spans_per_rollout/mean": float(per_rollout.mean()) if per_rollout.numel() else 0.0,
             "counterfactual/weight/mean": float(w_valid.mean()) if w_valid.numel() else 1.0,
             "counterfactual/weight/std": float(w_valid.std()) if w_valid.numel() > 1 else 0.0,
-            "counterfactual/rollouts_weighted/count": float((~torch.isnan(scores[:, 0]) & real).sum()),
+            "counterfactual/rollouts_weighted/count": float((scored & real).sum()),
         }
     out.advantages = out.advantages * weights
     out.returns = out.advantages if out.returns is None else out.returns * weights

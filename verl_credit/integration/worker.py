@@ -27,7 +27,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from verl_credit.scoring import CounterfactualConfig, answer_ids, score_reference, score_spans
-from verl_credit.spans import SpanParams, find_spans
+from verl_credit.spans import ResponseSpans, SpanParams, find_spans
 
 __all__ = ["CreditActorRolloutRefWorker", "stage_rows", "engine_scorer", "STAGE_KEY", "reference_ids"]
 
@@ -79,9 +79,17 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
     masks = _rows(data["response_mask"])
     responses = [r[: int(m.sum())] for r, m in zip(_rows(data["responses"]), masks, strict=True)]
     out, tokens = {}, torch.zeros(n, 2, dtype=torch.long)
-    # one answer/span detection for both products, with the run's ``credit.counterfactual`` span settings
+    # one answer/span detection for both products, with the run's ``credit.counterfactual`` span settings,
+    # on the requested rows only (decoding is per-row CPU work); the others get no spans and no answer
     span_params = SpanParams(**stage["span_params"]) if stage.get("span_params") else SpanParams()
-    spans = find_spans(tokenizer, [r.tolist() for r in responses], span_params)
+    wanted = torch.zeros(n, dtype=torch.bool)
+    for product, key in (("counterfactual", "credit_cf_request"), ("reference", "credit_ref_request")):
+        if stage.get(product) is not None:
+            wanted |= _request(data, key, n)
+    rows = wanted.nonzero().flatten().tolist()
+    spans = [ResponseSpans(answer=None, spans=[], kinds=[], length=int(r.numel())) for r in responses]
+    for row, found in zip(rows, find_spans(tokenizer, [responses[r].tolist() for r in rows], span_params), strict=True):
+        spans[row] = found
     if stage.get("counterfactual") is not None:
         config = CounterfactualConfig(**stage["counterfactual"])
         rows = _request(data, "credit_cf_request", n).nonzero().flatten().tolist()
