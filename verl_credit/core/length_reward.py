@@ -779,20 +779,9 @@ class DynamicLambdaSchedule:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "initial_slope": self.initial_slope,
-            "slope_scale": self.slope_scale,
-            "flat_steps": self.flat_steps,
-            "history": [[s, y] for s, y in self.history],
-            "steps_seen": self.steps_seen,
-            "open_step": self.open_step,
-            "latest_step": self.latest_step,
-            "open_sum": self.open_sum,
-            "open_count": self.open_count,
-            "last_slope": self.last_slope,
-            "last_scaled_slope": self.last_scaled_slope,
-        }
+        state = {key: getattr(self, key) for key in self._STATE_KEYS}
+        state["history"] = [[s, y] for s, y in self.history]  # JSON has no tuples
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         missing = [k for k in self._STATE_KEYS if k not in state]

@@ -116,13 +116,12 @@ class Workspace:
 
 @dataclass
 class TokenView:
-    """values: FloatTensor[B, T] over the response tokens (padding ignored). kind: "advantage"
-    (shade around 0), "weight" (around 1) or "significance" (around ``center``). label: what a
+    """values: FloatTensor[B, T] over the response tokens (padding ignored), shaded around
+    ``center`` (0 for advantages, 1 for weights, the threshold for significance). label: what a
     value is, shown in each token's tooltip. short: a name for plot axes (default: the title)."""
 
     title: str
     values: torch.Tensor
-    kind: str = "advantage"
     label: str = "A"
     center: float = 0.0
     open: bool = False
@@ -239,7 +238,7 @@ def grpo_view(ws: Workspace) -> Section:
             "Every token of a solution gets the same advantage z = (r - mean) / (std + eps) over its group. "
             "All-correct and all-wrong groups give z = 0: no token learns anything from them."
         ),
-        views=[TokenView("GRPO advantage (same for every token)", out.advantages, "advantage", "A")],
+        views=[TokenView("GRPO advantage (same for every token)", out.advantages, "A")],
         data={"outcome_advantage": [round(float(v), 6) for v in z]},
     )
 
@@ -285,8 +284,8 @@ def ktae_view(ws: Workspace) -> Section:
             "reverse K < 0. K is 0 in all-correct or all-wrong groups and for pad/eos ids."
         ),
         views=[
-            TokenView("KTAE advantage A = z + K", out.advantages, "advantage", "A", open=True),
-            TokenView("key-token value K alone", K, "advantage", "K"),
+            TokenView("KTAE advantage A = z + K", out.advantages, "A", open=True),
+            TokenView("key-token value K alone", K, "K"),
         ],
         tables=[
             Table(
@@ -363,7 +362,7 @@ def counterfactual_view(ws: Workspace) -> Section:
         "inverted": "control: inverted importances (1 - I)",
     }
     views = [
-        TokenView(titles[m], outputs[m].token_weights, "weight", "w", center=1.0, open=(m == "counterfactual"), short=m)
+        TokenView(titles[m], outputs[m].token_weights, "w", center=1.0, open=(m == "counterfactual"), short=m)
         for m in WEIGHT_MODES
     ]
     scored = int(res.scored.sum())
@@ -478,7 +477,7 @@ def variance_view(ws: Workspace) -> Section:
             f"reasoning and carry the weight ({params.weighting}). R3 is the weighted mean log-probability; "
             f"r' = r + {params.r3_coef} * zscore(R3) feeds GRPO, so even all-correct or all-wrong groups get a signal."
         ),
-        views=[TokenView("variance-weighted advantage (GRPO on r')", out.advantages, "advantage", "A")],
+        views=[TokenView("variance-weighted advantage (GRPO on r')", out.advantages, "A")],
         strips=strips,
         tables=[Table("Rollouts", ["rollout", "reward r", "R3", "shaped r'", "advantage"], table)],
         metrics=metrics,
@@ -582,7 +581,6 @@ def length_reward_view(ws: Workspace) -> Section:
             TokenView(
                 f"significance (normalised {lr.scorer} score; threshold {lr.threshold})",
                 res.normalized.float(),
-                "significance",
                 "s",
                 center=lr.threshold,
             )
