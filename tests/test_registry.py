@@ -130,3 +130,10 @@ def test_counterfactual_weights_leave_unscored_rollouts_at_one():
     assert out.token_weights[1].tolist() == [1.0, 1.0, 1.0]  # spans and answer found, not scored
     assert out.token_weights[0].tolist() == [1.25, 1.0, 1.5]  # one span: I_hat 0.5 -> 0.5 + 0.5 * 1.5
     assert out.metrics["counterfactual/rollouts_weighted/count"] == 2.0
+
+
+def test_batch_from_outcomes_puts_the_reward_on_the_last_valid_token():
+    responses = torch.tensor([[3, 4, 5], [3, 6, 0], [0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    batch = CreditBatch.from_outcomes(responses, mask, torch.tensor([1.0, 0.5, 1.0]), ["a", "a", "b"])
+    assert batch.token_level_rewards.tolist() == [[0, 0, 1.0], [0, 0.5, 0], [0, 0, 0]]  # empty: no token

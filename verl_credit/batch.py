@@ -55,6 +55,18 @@ class CreditBatch:
     groups: GroupIndex = field(init=False)
     scores: torch.Tensor = field(init=False)
 
+    @classmethod
+    def from_outcomes(
+        cls, responses: torch.Tensor, response_mask: torch.Tensor, rewards: torch.Tensor, uids, **kwargs
+    ) -> CreditBatch:
+        """The batch verl's trainer builds from outcome rewards: ``rewards[i]`` (FloatTensor[B]) on the
+        last valid token of rollout i (none for an empty response). Other keywords go to the constructor."""
+        lengths = response_mask.sum(-1)
+        last = (lengths - 1).clamp_min(0)
+        token_rewards = torch.zeros(responses.shape, dtype=torch.float32)
+        token_rewards[torch.arange(responses.shape[0]), last] = rewards.float() * (lengths > 0)
+        return cls(responses, response_mask, token_rewards, uids, **kwargs)
+
     def __post_init__(self):
         if self.responses.dim() != 2:
             raise ValueError(f"field 'responses' must be (B, T), got shape {tuple(self.responses.shape)}")

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from verl_credit.batch import CreditBatch, EstimatorContext, special_token_ids
 from verl_credit.config import CreditConfig
@@ -75,20 +77,17 @@ class Rollouts:
 
     def padded(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(responses (B, T) right-padded with ``pad_id``, response_mask (B, T))."""
-        T = max(1, max((r.numel() for r in self.responses), default=1))
-        ids = torch.full((len(self), T), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(self), T), dtype=torch.long)
-        for i, r in enumerate(self.responses):
-            ids[i, : r.numel()], mask[i, : r.numel()] = r, 1
+        rows = list(self.responses) or [torch.zeros(0, dtype=torch.long)]
+        ids = pad_sequence(rows, batch_first=True, padding_value=pad_id)[: len(self)]
+        mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)[: len(self)]
+        if ids.shape[1] == 0:  # every response empty: keep one masked position
+            ids, mask = F.pad(ids, (0, 1), value=pad_id), F.pad(mask, (0, 1))
         return ids, mask
 
     def credit_batch(self, pad_id: int, fields: dict | None = None) -> CreditBatch:
         """The batch verl's trainer would hand an estimator: the reward on the last valid token."""
         ids, mask = self.padded(pad_id)
-        rewards = torch.zeros(ids.shape, dtype=torch.float32)
-        last = (mask.sum(-1) - 1).clamp_min(0)
-        rewards[torch.arange(len(self)), last] = self.rewards.float() * (mask.sum(-1) > 0)
-        return CreditBatch(ids, mask, rewards, list(self.uids), fields=dict(fields or {}))
+        return CreditBatch.from_outcomes(ids, mask, self.rewards, list(self.uids), fields=dict(fields or {}))
 
 
 @dataclass

@@ -168,16 +168,8 @@ def evaluate_sampled(model, tokenizer, problems: list[Problem], k: int = 4, max_
 
 def credit_batch(r: Rollouts, fields: dict | None = None, old_log_probs=None) -> CreditBatch:
     """The CreditBatch the plugin trainer builds: reward on the last valid token."""
-    B, T = r.responses.shape
-    last = (r.response_mask.sum(1) - 1).clamp_min(0)
-    rewards = torch.zeros(B, T).scatter_(1, last.unsqueeze(1), r.rewards.float().unsqueeze(1))
-    return CreditBatch(
-        responses=r.responses,
-        response_mask=r.response_mask,
-        token_level_rewards=rewards,
-        uids=r.uids,
-        old_log_probs=old_log_probs,
-        fields=dict(fields or {}),
+    return CreditBatch.from_outcomes(
+        r.responses, r.response_mask, r.rewards, r.uids, old_log_probs=old_log_probs, fields=dict(fields or {})
     )
 
 
