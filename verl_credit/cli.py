@@ -4,6 +4,8 @@ verl-credit doctor [--json]   check, in a fresh Python process, that verl loads 
 verl-credit gym [--quick]     the credit gym: token-credit precision and learning on a tiny task.
 verl-credit explain [...]     sample solutions on the CPU and write an HTML report of every
                               estimator's token-level credit (``verl-credit explain --help``).
+verl-credit smoke [...]       real verl PPO steps of a tiny model on the CPU with an estimator
+                              (``verl-credit smoke --help``; a correctness check, not training).
 """
 
 from __future__ import annotations
@@ -99,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     from verl_credit.gym.cli import add_arguments as gym_arguments
 
     gym_arguments(p_gym)
+    from verl_credit.cpu.smoke import add_arguments as smoke_arguments
+
+    smoke_arguments(sub.add_parser("smoke", help="real verl PPO steps of a tiny model on the CPU (minutes)"))
     args = parser.parse_args(argv)
+    if args.command == "smoke":
+        from verl_credit.cpu.smoke import main as smoke_main
+
+        return smoke_main(args)
     if args.command == "gym":
         from verl_credit.gym.cli import run as gym_run
 

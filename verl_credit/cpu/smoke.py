@@ -1,0 +1,245 @@
+"""``verl-credit smoke``: real verl PPO steps of a tiny model on the CPU, with a verl_credit estimator.
+
+    verl-credit smoke [--estimator NAME] [--import MODULE] [--steps N] [--dp N] [--set KEY=VALUE ...]
+
+What runs is verl's own ``main_ppo`` (through ``python -m verl_credit.main_ppo``): Ray, the V1
+trainer, ``ActorRolloutRefWorker`` with the FSDP2 engine on gloo, TransferQueue, the agent loop
+and the reward loop, with :mod:`verl_credit.cpu` supplying the CPU platform and the ``hf_cpu``
+rollout. The model is a random tiny Qwen2 with a BPE trained on the fly; the data are synthetic
+addition problems; the reward is :mod:`verl_credit.cpu.smoke_reward` (mixed outcomes by design).
+Each step's ``credit/`` metrics are printed. It checks that an estimator works inside verl before
+a GPU run; it does not train anything useful.
+
+    build_workspace(root) -> Workspace           model + tokenizer + train/val parquet under root
+    smoke_overrides(ws, estimator, steps, dp, ...) -> list[str]   the hydra overrides of the run
+    run(ws, overrides, ...) -> SmokeResult       launch, wait (bounded), read the metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from verl_credit.cpu import cpu_env
+
+__all__ = ["Workspace", "SmokeResult", "build_workspace", "smoke_overrides", "run", "add_arguments", "main"]
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+CORPUS = [
+    "Tom has 3 apples and buys 4 more. 3 + 4 = 7. So he has 7 apples.\n#### 7",
+    "A box holds 12 pens. Two boxes hold 12 * 2 = 24 pens. The final answer is 24.",
+    "First compute 5 * 6 = 30. Then subtract 8 to get 22. \\boxed{22}",
+    "She walks 2 km a day for 5 days, so 2 * 5 = 10 km in total.\n#### 10",
+] * 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    root: Path
+    model: Path
+    train: Path
+    val: Path
+
+
+@dataclasses.dataclass
+class SmokeResult:
+    returncode: int
+    wall_s: float
+    steps: list[dict]  # one dict of metrics per logged step
+    log_tail: str
+
+
+def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0) -> Workspace:
+    """Tiny Qwen2 (with a chat template) and synthetic addition problems, under ``root``."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from verl_credit.data import verl_record, write_parquet
+    from verl_credit.testing import build_tiny_qwen2
+
+    root = Path(root)
+    model = root / "model"
+    if not (model / "config.json").exists():
+        build_tiny_qwen2(model, CORPUS, vocab_size=300, seed=seed)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.save_pretrained(model)
+    rng = random.Random(seed)
+    records = []
+    for i in range(num_problems):
+        a, b = rng.randint(2, 30), rng.randint(2, 30)
+        q = f"Tom has {a} apples and buys {b} more. How many apples does he have?"
+        records.append(verl_record(q, str(a + b), data_source="smoke/add", split="train", index=i, instruction=""))
+    train = write_parquet(records, root / "data" / "train.parquet")
+    val = write_parquet(records[:4], root / "data" / "val.parquet")
+    return Workspace(root=root, model=model, train=train, val=val)
+
+
+def smoke_overrides(
+    ws: Workspace,
+    estimator: str = "ktae",
+    steps: int = 2,
+    dp: int = 1,
+    prompts: int = 4,
+    n: int = 4,
+    response_length: int = 24,
+    dynamic_bsz: bool = True,
+    remove_padding: bool = False,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """Hydra overrides of a CPU run (``python -m verl_credit.main_ppo``): verl's defaults except the
+    sizes, the CPU pieces (``hf_cpu`` rollout, fsdp2, sdpa, logical Ray GPUs, one TQ storage unit)
+    and the smoke reward. ``extra`` comes last and wins."""
+    rows = prompts * n
+    tokens = 2 * (64 + response_length) * max(1, rows // dp)
+    return [
+        f"algorithm.adv_estimator={estimator}",
+        "algorithm.use_kl_in_reward=false",
+        f"data.train_files={ws.train}",
+        f"data.val_files={ws.val}",
+        f"data.train_batch_size={prompts}",
+        "data.max_prompt_length=64",
+        f"data.max_response_length={response_length}",
+        "data.dataloader_num_workers=0",
+        f"actor_rollout_ref.model.path={ws.model}",
+        f"actor_rollout_ref.model.use_remove_padding={str(remove_padding).lower()}",
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}",
+        f"actor_rollout_ref.actor.use_dynamic_bsz={str(dynamic_bsz).lower()}",
+        f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={tokens}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={n}",
+        "actor_rollout_ref.actor.use_kl_loss=false",
+        "actor_rollout_ref.actor.entropy_coeff=0",
+        "actor_rollout_ref.actor.shuffle=false",
+        "actor_rollout_ref.rollout.name=hf_cpu",
+        f"actor_rollout_ref.rollout.n={n}",
+        "actor_rollout_ref.rollout.temperature=1.0",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={n}",
+        f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={tokens}",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        "reward.custom_reward_function.path=pkg://verl_credit.cpu.smoke_reward",
+        "reward.custom_reward_function.name=compute_score",
+        f"trainer.n_gpus_per_node={dp}",
+        "trainer.nnodes=1",
+        "trainer.device=cpu",
+        f"trainer.total_training_steps={steps}",
+        "trainer.total_epochs=100",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        "trainer.logger=[console,file]",
+        "trainer.project_name=verl_credit_smoke",
+        f"trainer.experiment_name={estimator}",
+        f"trainer.default_local_dir={ws.root / 'checkpoints'}",
+        f"ray_kwargs.ray_init.num_cpus={dp + 4}",
+        f"+ray_kwargs.ray_init.num_gpus={dp}",
+        "+ray_kwargs.ray_init.include_dashboard=false",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        *extra,
+    ]
+
+
+def run(
+    ws: Workspace,
+    overrides: list[str],
+    timeout_s: float = 600,
+    imports: tuple[str, ...] = (),
+    dump_dir: str | Path | None = None,
+    echo: bool = False,
+) -> SmokeResult:
+    """Run verl's ``main_ppo`` (via ``verl_credit.main_ppo``) in a fresh process on the CPU platform.
+
+    ``imports``: modules every process imports (user estimators), through ``VERL_USE_EXTERNAL_MODULES``
+    and ``credit.import_modules``. ``dump_dir``: the advantage step writes what verl trains on there
+    (``VERL_CREDIT_DUMP_DIR``, see :mod:`verl_credit.integration.dump`). Bounded by ``timeout_s``.
+    """
+    metrics_path = ws.root / f"metrics-{os.getpid()}-{time.monotonic_ns()}.jsonl"
+    env = {**os.environ, **cpu_env(), "VERL_FILE_LOGGER_PATH": str(metrics_path), "TQ_NUM_THREADS": "1"}
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    env.pop("RAY_ADDRESS", None)
+    if imports:
+        env["VERL_USE_EXTERNAL_MODULES"] = ",".join([env["VERL_USE_EXTERNAL_MODULES"], *imports])
+        overrides = [*overrides, f"credit.import_modules=[{','.join(imports)}]"]
+    if dump_dir is not None:
+        env["VERL_CREDIT_DUMP_DIR"] = str(dump_dir)
+    cmd = [sys.executable, "-m", "verl_credit.main_ppo", *overrides]
+    start = time.perf_counter()
+    log_path = ws.root / "smoke.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = start + timeout_s
+            for line in proc.stdout:
+                log.write(line)
+                if echo:
+                    print(line, end="", flush=True)
+                if time.perf_counter() > deadline:
+                    raise subprocess.TimeoutExpired(cmd, timeout_s)
+            proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            log.write(f"\n[verl-credit smoke] killed after {timeout_s:.0f}s\n")
+    wall = time.perf_counter() - start
+    steps = []
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                steps.append({"step": record.get("step"), **record.get("data", {})})
+    tail = log_path.read_text()[-6000:]
+    return SmokeResult(returncode=proc.returncode if proc.returncode is not None else -9, wall_s=wall, steps=steps, log_tail=tail)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--estimator", default="ktae", help="algorithm.adv_estimator (a verl_credit or verl name)")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="module that registers a user estimator (imported in every process); repeatable",
+    )
+    parser.add_argument("--steps", type=int, default=2, help="PPO steps (>= 1)")
+    parser.add_argument("--dp", type=int, default=1, help="data-parallel actor workers (processes)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="extra hydra override, e.g. --set credit.token_weighting=counterfactual; repeatable",
+    )
+    parser.add_argument("--workdir", default="outputs/smoke", help="model, data, log and metrics go here")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before the run is killed")
+    parser.add_argument("--dump", default=None, metavar="DIR", help="write each step's batch and advantages here")
+    parser.add_argument("--quiet", action="store_true", help="do not echo verl's log")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.dp < 1:
+        print("verl-credit smoke: error: --steps and --dp must be >= 1", file=sys.stderr)
+        return 2
+    ws = build_workspace(args.workdir)
+    overrides = smoke_overrides(ws, args.estimator, args.steps, args.dp, extra=args.overrides)
+    result = run(ws, overrides, args.timeout, tuple(args.imports), args.dump, echo=not args.quiet)
+    for record in result.steps:
+        credit = {k: v for k, v in sorted(record.items()) if k.startswith("credit/")}
+        timing = record.get("timing_s/step")
+        print(f"[smoke] step {record['step']}: step time {timing:.1f}s" if timing else f"[smoke] step {record['step']}")
+        for key, value in credit.items():
+            print(f"    {key} = {value:.6g}" if isinstance(value, float) else f"    {key} = {value}")
+    ok = result.returncode == 0 and len(result.steps) >= args.steps
+    print(
+        f"[smoke] {'OK' if ok else 'FAILED'}: {len(result.steps)} of {args.steps} steps in {result.wall_s:.0f}s "
+        f"(estimator {args.estimator}, dp {args.dp}); log: {ws.root / 'smoke.log'}"
+    )
+    if not ok and args.quiet:
+        print(result.log_tail, file=sys.stderr)
+    return 0 if ok else 1
