@@ -132,6 +132,34 @@ def test_counterfactual_weights_leave_unscored_rollouts_at_one():
     assert out.metrics["counterfactual/rollouts_weighted/count"] == 2.0
 
 
+def test_conserve_gradient_rescales_scored_rollouts_only():
+    """credit.counterfactual.conserve_gradient: each scored rollout's weights have mean 1 over its
+    valid tokens; unscored rollouts keep weight 1 everywhere; the advantages carry the same weights."""
+    from verl_credit.scoring import CounterfactualConfig
+    from verl_credit.weighting import apply_counterfactual_weights
+
+    batch = _batch()
+    nan = math.nan
+    batch.fields.update(
+        credit_cf_scores=torch.tensor([[-2.0, -3.0], [nan, nan], [-1.0, -1.5], [nan, nan], [nan, nan]]),
+        credit_cf_spans=torch.tensor([[[0, 1]], [[0, 1]], [[0, 1]], [[-1, -1]], [[-1, -1]]]),
+        credit_cf_answer=torch.tensor([[2, 3], [1, 2], [2, 3], [-1, -1], [-1, -1]]),
+    )
+    cfg = verl_credit.CreditConfig.from_dict({"counterfactual": {"conserve_gradient": True}}).counterfactual
+    assert cfg.conserve_gradient and not CounterfactualConfig().conserve_gradient
+    base = compute_advantages("counterfactual", batch, EstimatorContext())
+    plain = base.advantages.clone()
+    out = apply_counterfactual_weights(base, batch, cfg)
+    assert out.token_weights[0].tolist() == pytest.approx([1.25 / 1.25, 1.0 / 1.25, 1.5 / 1.25])  # sum 3.75 -> 3
+    assert out.token_weights[1].tolist() == [1.0, 1.0, 1.0]
+    mask = batch.response_mask.bool()
+    for i in (0, 2):
+        assert float(out.token_weights[i][mask[i]].mean()) == pytest.approx(1.0)
+    torch.testing.assert_close(out.advantages, plain * out.token_weights)
+    with pytest.raises(ValueError, match="credit.counterfactual.conserve_gradient"):
+        verl_credit.CreditConfig.from_dict({"counterfactual": {"conserve_gradient": "on"}})
+
+
 def test_batch_from_outcomes_puts_the_reward_on_the_last_valid_token():
     responses = torch.tensor([[3, 4, 5], [3, 6, 0], [0, 0, 0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0]])

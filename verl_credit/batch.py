@@ -59,12 +59,37 @@ class CreditBatch:
     def from_outcomes(
         cls, responses: torch.Tensor, response_mask: torch.Tensor, rewards: torch.Tensor, uids, **kwargs
     ) -> CreditBatch:
-        """The batch verl's trainer builds from outcome rewards: ``rewards[i]`` (FloatTensor[B]) on the
-        last valid token of rollout i (none for an empty response). Other keywords go to the constructor."""
-        lengths = response_mask.sum(-1)
-        last = (lengths - 1).clamp_min(0)
-        token_rewards = torch.zeros(responses.shape, dtype=torch.float32)
-        token_rewards[torch.arange(responses.shape[0]), last] = rewards.float() * (lengths > 0)
+        """The batch verl's trainer builds from outcome rewards: ``rewards[i]`` on the last valid
+        token of rollout i (none for an empty response). Other keywords go to the constructor.
+
+        Shapes: responses LongTensor[B, T] (any integer dtype), response_mask [B, T] of 0/1 (integer
+        or bool), rewards [B] (float, integer or bool), uids B strings. A wrong shape, dtype or
+        length is a ValueError naming the argument.
+        """
+        _check_tensor("responses", responses, dims=2, kinds=("integer",))
+        B, T = responses.shape
+        _check_tensor("response_mask", response_mask, dims=2, kinds=("integer", "bool"))
+        if tuple(response_mask.shape) != (B, T):
+            raise ValueError(
+                f"response_mask has shape {tuple(response_mask.shape)}; expected {(B, T)}, the shape of responses"
+            )
+        if not bool(((response_mask == 0) | (response_mask == 1)).all()):
+            raise ValueError("response_mask must hold only 0 and 1 (1 on valid response tokens)")
+        _check_tensor("rewards", rewards, dims=1, kinds=("float", "integer", "bool"))
+        if rewards.shape[0] != B:
+            raise ValueError(
+                f"rewards has {rewards.shape[0]} entries for {B} rollouts (responses has shape {(B, T)}): "
+                "one outcome reward per rollout"
+            )
+        if uids is None or isinstance(uids, str) or len(uids) != B:
+            got = "None" if uids is None else ("a string" if isinstance(uids, str) else f"{len(uids)} entries")
+            raise ValueError(f"uids must hold one prompt-group id per rollout ({B}), got {got}")
+        mask = response_mask.bool()
+        positions = torch.arange(T).expand(B, T)
+        last = torch.where(mask, positions, -1).amax(-1) if T else torch.full((B,), -1)
+        token_rewards = torch.zeros((B, T), dtype=torch.float32)
+        has = last >= 0
+        token_rewards[has.nonzero().flatten(), last[has]] = rewards.float()[has]
         return cls(responses, response_mask, token_rewards, uids, **kwargs)
 
     def __post_init__(self):
@@ -74,6 +99,12 @@ class CreditBatch:
             raise ValueError(
                 f"field 'response_mask' has shape {tuple(self.response_mask.shape)}, "
                 f"expected {tuple(self.responses.shape)} like 'responses'"
+            )
+        if self.token_level_rewards.shape != self.responses.shape:
+            raise ValueError(
+                f"field 'token_level_rewards' has shape {tuple(self.token_level_rewards.shape)}, "
+                f"expected {tuple(self.responses.shape)} like 'responses' (CreditBatch.from_outcomes takes "
+                "one reward per rollout)"
             )
         if self.uids is None:
             raise ValueError("field 'uid' is missing: every rollout needs the uid of its prompt group")
@@ -86,6 +117,26 @@ class CreditBatch:
     @property
     def batch_size(self) -> int:
         return self.responses.shape[0]
+
+
+def _check_tensor(name: str, value, dims: int, kinds: tuple[str, ...]) -> None:
+    """ValueError naming ``name`` unless ``value`` is a torch.Tensor with ``dims`` dimensions and a
+    dtype of one of ``kinds`` ("integer", "float", "bool")."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__} (use torch.tensor(...))")
+    if value.dim() != dims:
+        shape = "(B, T)" if dims == 2 else "(B,)"
+        raise ValueError(f"{name} must have {dims} dimension(s) {shape}, got shape {tuple(value.shape)}")
+    dtype = value.dtype
+    if dtype == torch.bool:
+        kind = "bool"
+    elif dtype.is_floating_point or dtype.is_complex:
+        kind = "float" if dtype.is_floating_point else "complex"
+    else:
+        kind = "integer"
+    if kind not in kinds:
+        wanted = " or ".join(kinds)
+        raise ValueError(f"{name} must have {'an' if wanted[0] in 'aeiou' else 'a'} {wanted} dtype, got {dtype}")
 
 
 @dataclass(frozen=True)

@@ -191,15 +191,35 @@ def _plain(value: Any) -> Any:
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``.jsonl`` file (one JSON object per line) or a ``.parquet`` file."""
+    """Rows of a ``.jsonl`` file (one JSON object per line; blank lines skipped) or a ``.parquet`` file.
+    A line that is not a JSON object is a ValueError naming the file and the line number (from 1)."""
+    return [row for _, row in _located_records(path)]
+
+
+def _located_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) pairs: ``"<path>, line <n>"`` for jsonl (lines from 1), ``"<path>, row <i>"`` for parquet."""
     path = Path(path)
     if path.suffix == ".jsonl":
+        out = []
         with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno})"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+                out.append((f"{path}, line {number}", row))
+        return out
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return [_plain(row) for row in pd.read_parquet(path).to_dict(orient="records")]
+        rows = pd.read_parquet(path).to_dict(orient="records")
+        return [(f"{path}, row {i}", _plain(row)) for i, row in enumerate(rows)]
     raise ValueError(f"{path}: expected a .jsonl or .parquet file")
 
 
@@ -214,22 +234,31 @@ def read_split_files(items: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def to_problem(row: Mapping[str, Any], index: int, instruction: str = DEFAULT_INSTRUCTION) -> Problem:
+def to_problem(
+    row: Mapping[str, Any], index: int, instruction: str = DEFAULT_INSTRUCTION, where: str | None = None
+) -> Problem:
     """A verl row (``prompt`` messages + ``reward_model.ground_truth``), a GSM8K row (``question``
     + ``answer`` with ``####``), a MATH row (``problem`` + ``answer`` or a boxed ``solution``) or a
-    generic one (``question``/``problem``/``prompt`` + ``ground_truth``/``answer``) -> Problem."""
+    generic one (``question``/``problem``/``prompt`` + ``ground_truth``/``answer``) -> Problem.
+    Errors (ValueError) start with ``where`` (default ``"row <index>"``)."""
+    where = where or f"row {index}"
     source = str(row.get("data_source", ""))
     reward_model = row.get("reward_model")
     if isinstance(row.get("prompt"), list) and isinstance(reward_model, Mapping):
-        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["prompt"]]
+        try:
+            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["prompt"]]
+        except (KeyError, TypeError):
+            raise ValueError(f"{where}: 'prompt' must be a list of messages with 'role' and 'content'") from None
+        if not messages:
+            raise ValueError(f"{where}: 'prompt' holds no message")
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
         truth = reward_model.get("ground_truth")
         if truth is None:
-            raise ValueError(f"row {index}: reward_model has no ground_truth")
+            raise ValueError(f"{where}: reward_model has no ground_truth")
         return Problem(f"p{index}", question, messages, str(truth), source)
     question = row.get("question") or row.get("problem") or row.get("prompt")
     if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"row {index}: no question (expected a 'question', 'problem' or 'prompt' field)")
+        raise ValueError(f"{where}: no question (expected a 'question', 'problem' or 'prompt' field)")
     truth = row.get("ground_truth")
     if truth is None and isinstance(row.get("answer"), str):
         answer = row["answer"]
@@ -237,14 +266,15 @@ def to_problem(row: Mapping[str, Any], index: int, instruction: str = DEFAULT_IN
     if truth is None and isinstance(row.get("solution"), str):
         truth = last_boxed(row["solution"])
     if truth is None or not str(truth).strip():
-        raise ValueError(f"row {index}: no ground truth (expected 'ground_truth', 'answer' or a boxed 'solution')")
+        raise ValueError(f"{where}: no ground truth (expected 'ground_truth', 'answer' or a boxed 'solution')")
     content = f"{question} {instruction}".strip() if instruction else question
     return Problem(f"p{index}", question, [{"role": "user", "content": content}], str(truth), source)
 
 
 def load_problems(path: str | Path, instruction: str = DEFAULT_INSTRUCTION) -> list[Problem]:
-    """Problems of a ``.jsonl`` or verl ``.parquet`` file (see :func:`to_problem`)."""
-    return [to_problem(row, i, instruction) for i, row in enumerate(read_records(path))]
+    """Problems of a ``.jsonl`` or verl ``.parquet`` file (see :func:`to_problem`); errors name the
+    file and the line (jsonl, from 1) or row (parquet, from 0)."""
+    return [to_problem(row, i, instruction, where) for i, (where, row) in enumerate(_located_records(path))]
 
 
 def embedded_gsm8k(language: str = "eng") -> list[Problem]:

@@ -6,6 +6,7 @@ ktae  -- key-token advantage estimation, see ``verl_credit.core.ktae``.
 from __future__ import annotations
 
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
+from verl_credit.core.counterfactual import STAGE_FIELDS as CF_STAGE_FIELDS
 from verl_credit.core.groups import group_outcome_advantage, group_sum
 from verl_credit.core.ktae import ktae_advantages
 from verl_credit.core.variance import r3_rewards
@@ -24,7 +25,22 @@ REFERENCE_FIELDS = ("credit_ref_logprobs", "credit_ref_mask")
 
 @register_estimator("counterfactual")
 def counterfactual(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput:
-    """Counterfactual importance weighting over GRPO (arXiv 2602.09331); weights applied by the trainer."""
+    """Counterfactual importance weighting over GRPO (arXiv 2602.09331); weights applied by the trainer.
+
+    Returns the GRPO advantages; the trainer then multiplies them by the token weights
+    (``verl_credit.weighting.apply_counterfactual_weights``) computed from the scoring stage's
+    fields. Without those fields (and ``credit.counterfactual.mode`` other than ``uniform``) this
+    raises instead of passing plain GRPO off as the method.
+    """
+    if ctx.config.counterfactual.mode != "uniform":
+        missing = [f for f in CF_STAGE_FIELDS if f not in batch.fields]
+        if missing:
+            raise ValueError(
+                f"estimator 'counterfactual' needs the scoring stage's fields {', '.join(CF_STAGE_FIELDS)} in "
+                f"batch.fields (missing {missing[0]!r}). The plugin trainer computes them; from Python, run "
+                "verl_credit.scoring.score_spans and put its scores, spans and answer there, then apply the weights "
+                "with verl_credit.weighting.apply_counterfactual_weights (docs/python_api.md)."
+            )
     return grpo_outcome(batch, ctx)
 
 

@@ -35,7 +35,8 @@ def apply_counterfactual_weights(
 ) -> CreditOutput:
     """Multiply ``out.advantages`` by the token weights; record weights and metrics.
 
-    Rollouts the stage did not score (skipped groups, no answer) keep weight 1.
+    Rollouts the stage did not score (skipped groups, no answer) keep weight 1 (also under
+    ``cf.conserve_gradient``, which rescales each scored rollout to mean 1 over its valid tokens).
     Shapes: out.advantages (B, T); batch.fields[STAGE_FIELDS] (B, S+1), (B, S, 2), (B, 2).
     """
     B, T = batch.responses.shape
@@ -53,7 +54,7 @@ def apply_counterfactual_weights(
         importance = control_importance(importance, cf.mode, generator)
         scored = ~torch.isnan(scores[:, 0])
         answer = torch.where(scored.unsqueeze(1), answer, torch.full_like(answer, -1))  # unscored: weight 1
-        weights = token_weights(importance, spans, answer, T, cf)
+        weights = token_weights(importance, spans, answer, T, cf, batch.response_mask)
         real = ~batch.groups.is_padding
         valid_spans = ~torch.isnan(D) & real.unsqueeze(1)
         per_rollout = (spans[..., 0] >= 0).sum(1).float()[real & scored]

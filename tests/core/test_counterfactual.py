@@ -1,5 +1,6 @@
 """Counterfactual weights: importance normalisation, the controls, vectorised vs loop weights."""
 
+import dataclasses
 import math
 
 import pytest
@@ -75,14 +76,57 @@ def _layouts(draw):
     return imp, spans, answer, T
 
 
-@settings(max_examples=80, deadline=None)
-@given(_layouts(), st.sampled_from(["counterfactual", "uniform"]), st.floats(0.1, 1.0), st.floats(1.0, 3.0))
-def test_vectorised_weights_match_loop(layout, mode, w_min, w_max):
+@settings(max_examples=120, deadline=None)
+@given(
+    _layouts(),
+    st.sampled_from(["counterfactual", "uniform"]),
+    st.floats(0.1, 1.0),
+    st.floats(1.0, 3.0),
+    st.booleans(),
+    st.data(),
+)
+def test_vectorised_weights_match_loop(layout, mode, w_min, w_max, conserve, data):
     imp, spans, answer, T = layout
-    params = WeightParams(mode=mode, w_min=w_min, w_max=w_max, answer_weight=1.7)
+    lengths = torch.tensor([data.draw(st.integers(0, T)) for _ in range(imp.shape[0])])
+    mask = (torch.arange(T) < lengths.unsqueeze(1)).long()
+    params = WeightParams(mode=mode, w_min=w_min, w_max=w_max, answer_weight=1.7, conserve_gradient=conserve)
     torch.testing.assert_close(
-        token_weights(imp, spans, answer, T, params), token_weights_loop(imp, spans, answer, T, params)
+        token_weights(imp, spans, answer, T, params, mask), token_weights_loop(imp, spans, answer, T, params, mask)
     )
+
+
+def test_conserve_gradient_by_hand():
+    # the weights of test_weights_by_hand, 8 valid tokens of 9: (2+2+1+.5+.5+1+1.5+1.5) = 10 -> scale 0.8
+    imp = torch.tensor([[1.0, 0.0, NAN], [NAN, NAN, NAN]])
+    spans = torch.tensor([[[0, 2], [3, 5], [-1, -1]], [[-1, -1]] * 3])
+    answer = torch.tensor([[6, 8], [-1, -1]])
+    mask = torch.tensor([[1] * 8 + [0], [1] * 4 + [0] * 5])
+    w = token_weights(imp, spans, answer, 9, WeightParams(conserve_gradient=True), mask)
+    assert w[0].tolist() == pytest.approx([1.6, 1.6, 0.8, 0.4, 0.4, 0.8, 1.2, 1.2, 1.0])  # padding untouched
+    assert w[1].tolist() == [1.0] * 9  # not scored: all 1 already has mean 1
+    off = token_weights(imp, spans, answer, 9, WeightParams(), mask)
+    assert off[0].tolist() == [2.0, 2.0, 1.0, 0.5, 0.5, 1.0, 1.5, 1.5, 1.0]  # default: the blog's formula
+    with pytest.raises(ValueError, match="response_mask"):
+        token_weights(imp, spans, answer, 9, WeightParams(conserve_gradient=True))
+
+
+@settings(max_examples=80, deadline=None)
+@given(_layouts(), st.sampled_from(["counterfactual", "uniform"]), st.data())
+def test_conserve_gradient_gives_mean_one_over_valid_tokens(layout, mode, data):
+    imp, spans, answer, T = layout
+    B = imp.shape[0]
+    lengths = torch.tensor([data.draw(st.integers(0, T)) for _ in range(B)])
+    mask = torch.arange(T) < lengths.unsqueeze(1)
+    params = WeightParams(mode=mode, answer_weight=1.5, conserve_gradient=True)
+    w = token_weights(imp, spans, answer, T, params, mask.long()).double()
+    plain = token_weights(imp, spans, answer, T, dataclasses.replace(params, conserve_gradient=False)).double()
+    for i in range(B):
+        n = int(mask[i].sum())
+        if n:
+            assert float(w[i][mask[i]].mean()) == pytest.approx(1.0, abs=1e-6)
+            # a rescaling: the ratios between a rollout's valid weights are kept
+            torch.testing.assert_close(w[i][mask[i]] * plain[i][mask[i]].sum() / n, plain[i][mask[i]])
+        torch.testing.assert_close(w[i][~mask[i]], plain[i][~mask[i]])  # padding positions untouched
 
 
 def test_significance_by_hand():
@@ -128,6 +172,8 @@ def test_vectorised_significance_matches_loop(layout, data):
         ({"w_min": 0.0}, "w_min"),
         ({"w_min": 3.0}, "w_min"),
         ({"answer_weight": -1}, "answer_weight"),
+        ({"conserve_gradient": "yes"}, "conserve_gradient"),
+        ({"conserve_gradient": 1}, "conserve_gradient"),
     ],
 )
 def test_bad_params_name_the_key(kwargs, key):

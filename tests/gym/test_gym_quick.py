@@ -79,6 +79,8 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["warm_start"]["cached"] is True
 
 
-def test_unknown_estimator_is_named(tmp_path):
-    with pytest.raises(KeyError, match="no_such_estimator"):
+def test_unknown_estimator_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         main(["gym", "--quick", "--out", str(tmp_path), "--estimators", "no_such_estimator"])
+    assert stop.value.code == 2
+    assert "verl-credit gym: error: --estimators no_such_estimator: unknown" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 Public API:
     WEIGHT_MODES                       -- "counterfactual", "uniform", "random", "inverted".
-    WeightParams                       -- w_min, w_max, answer_weight, mode, seed.
+    WeightParams                       -- w_min, w_max, answer_weight, mode, seed, conserve_gradient.
     span_importance(scores)            -- (B, S+1) answer log-prob sums -> D, normalised I (B, S).
     control_importance(I_hat, mode, g) -- the ablation controls.
     token_weights(...)                 -- (B, T) per-token weights, vectorised.
@@ -20,6 +20,11 @@ and reasoning r, S_i(x) = sum_t log pi(a_t | prompt, x, a_<t) under the current 
     I_hat = min-max of I over the rollout's spans (all equal -> 0.5)
     w_t = w_min + I_hat_k (w_max - w_min) on tokens of span k, answer_weight on answer tokens,
           1 elsewhere;   token advantage = A_i * w_t.
+    conserve_gradient (the authors' code; off by default, as in the blog's formula):
+          w_t <- w_t * n_i / sum_{t valid} w_t, so each rollout's weights have mean 1 over its n_i
+          valid tokens (``response_mask``): the weighting moves gradient between tokens and no
+          longer scales the rollout's total. A rollout whose weights are all 1 (not scored, the
+          ``uniform`` control) is unchanged; one with no valid token, or a zero weight sum, too.
 Significance (``credit.length_reward.scorer=counterfactual``), in [0, 1], higher = more significant:
     s_t = I_hat_k on tokens of span k of a scored rollout, 0 on every other token: the answer
           (the target, not measured; a marker written early must not make the rest count), text
@@ -75,6 +80,14 @@ class WeightParams:
         w_min, w_max: weight of the least / most important span. Defaults 0.5 / 2.0.
         answer_weight: weight of the final answer's tokens. Default 1.5.
         seed: seed of the "random" control (combined with the step, so reproducible).
+        conserve_gradient: rescale each rollout's weights to mean 1 over its valid tokens
+            (w_t <- w_t * n / sum w), as the authors' code does ("gradient conservation", on
+            there): the weighting then redistributes the gradient within a rollout instead of
+            also scaling it (with the defaults, answer tokens at 1.5 and spans between 0.5 and 2.0
+            usually put a rollout's mean weight above 1, so off means a larger step for weighted
+            rollouts than for unscored ones). Rollouts the stage did not score
+            keep weight 1 on every token, which already has mean 1. Default False: the blog's
+            formula, unnormalised.
     """
 
     mode: str = "counterfactual"
@@ -82,6 +95,7 @@ class WeightParams:
     w_max: float = 2.0
     answer_weight: float = 1.5
     seed: int = 0
+    conserve_gradient: bool = False
 
     def __post_init__(self):
         if self.mode not in WEIGHT_MODES:
@@ -92,6 +106,10 @@ class WeightParams:
                 raise ValueError(f"credit.counterfactual.{name} must be > 0, got {value!r}")
         if self.w_min > self.w_max:
             raise ValueError(f"credit.counterfactual.w_min ({self.w_min}) must be <= w_max ({self.w_max})")
+        if not isinstance(self.conserve_gradient, bool):
+            raise ValueError(
+                f"credit.counterfactual.conserve_gradient must be true or false, got {self.conserve_gradient!r}"
+            )
 
 
 def span_importance(scores: torch.Tensor, eps: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,29 +166,50 @@ def paint_spans(
 
 
 def token_weights(
-    importance: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, T: int, params: WeightParams
+    importance: torch.Tensor,
+    spans: torch.Tensor,
+    answer: torch.Tensor,
+    T: int,
+    params: WeightParams,
+    response_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token weights from span importances, for the whole batch at once (:func:`paint_spans`).
 
-        w_t = w_min + I_hat_k (w_max - w_min) on span k, answer_weight on the answer, 1 elsewhere.
+        w_t = w_min + I_hat_k (w_max - w_min) on span k, answer_weight on the answer, 1 elsewhere;
+        with ``params.conserve_gradient``: w_t <- w_t * n_i / sum_{valid t} w_t on valid tokens
+        (mean 1 per rollout; rows with no valid token or a zero sum unchanged).
     Shapes: importance (B, S) in [0, 1] or NaN, spans (B, S, 2) token ranges (-1 absent),
-            answer (B, 2) (-1 absent) -> weights (B, T) float32.
+            answer (B, 2) (-1 absent), response_mask (B, T) (needed by ``conserve_gradient``)
+            -> weights (B, T) float32.
     """
     B = importance.shape[0]
     if params.mode == "uniform":
         return torch.ones(B, T)
     span_w = params.w_min + importance.double() * (params.w_max - params.w_min)  # NaN stays NaN
-    return paint_spans(span_w, spans, answer, params.answer_weight, T).float()
+    weights = paint_spans(span_w, spans, answer, params.answer_weight, T)
+    if params.conserve_gradient:
+        valid = _valid_mask(response_mask, B, T)
+        count = valid.sum(dim=1, keepdim=True).double()
+        total = torch.where(valid, weights, 0.0).sum(dim=1, keepdim=True)
+        scale = torch.where(total > 0, count / torch.where(total > 0, total, 1.0), 1.0)
+        weights = torch.where(valid, weights * scale, weights)
+    return weights.float()
 
 
 def token_weights_loop(
-    importance: torch.Tensor, spans: torch.Tensor, answer: torch.Tensor, T: int, params: WeightParams
+    importance: torch.Tensor,
+    spans: torch.Tensor,
+    answer: torch.Tensor,
+    T: int,
+    params: WeightParams,
+    response_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference for :func:`token_weights`: loops over rollouts, spans and tokens."""
     B, S = importance.shape
-    w = torch.ones(B, T)
+    w = torch.ones(B, T, dtype=torch.float64)
     if params.mode == "uniform":
-        return w
+        return w.float()
+    valid = _valid_mask(response_mask, B, T) if params.conserve_gradient else None
     for i in range(B):
         for k in range(S):
             start, end = int(spans[i, k, 0]), int(spans[i, k, 1])
@@ -182,7 +221,21 @@ def token_weights_loop(
         if int(answer[i, 0]) >= 0:
             for t in range(int(answer[i, 0]), min(int(answer[i, 1]), T)):
                 w[i, t] = params.answer_weight
-    return w
+        if valid is not None:
+            positions = [t for t in range(T) if valid[i, t]]
+            total = sum(float(w[i, t]) for t in positions)
+            if total > 0:
+                for t in positions:
+                    w[i, t] = w[i, t] * len(positions) / total
+    return w.float()
+
+
+def _valid_mask(response_mask: torch.Tensor | None, B: int, T: int) -> torch.Tensor:
+    if response_mask is None:
+        raise ValueError("credit.counterfactual.conserve_gradient needs the response_mask (the rollouts' valid tokens)")
+    if tuple(response_mask.shape) != (B, T):
+        raise ValueError(f"response_mask must have shape {(B, T)}, got {tuple(response_mask.shape)}")
+    return response_mask.bool()
 
 
 def token_significance(scores: torch.Tensor, spans: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,12 @@
 
 ExplainConfig                -- every option, with its default.
 add_arguments(parser)        -- the command-line flags (one per option).
-config_from_args(args)       -- argparse namespace -> ExplainConfig (``--set`` parsed with yaml.safe_load).
+config_from_args(args)       -- argparse namespace -> ExplainConfig (``--set`` parsed with yaml.safe_load);
+                                a bad value prints ``verl-credit explain: error: ...`` and exits 2.
+
+The checks that need more than the flags themselves (``--set`` keys, ``--estimators``, ``--import``,
+``--problems``, ``--first-problem``, ``--model``) run in ``verl_credit.explain.run.check_config``,
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from verl_credit.cli_args import name_list, positive_int, usage_exit
 
 __all__ = ["ExplainConfig", "add_arguments", "config_from_args", "parse_set_options"]
 
@@ -42,6 +49,9 @@ class ExplainConfig:
         score_rows: "all" scores the spans of every rollout that has an answer; "trained" only
             those of groups with a non-zero outcome advantage, as the trainer does. Default "all".
         credit: overrides of the ``credit:`` block, e.g. ``{"ktae": {"top": 0.5}}``.
+        imports: modules imported before anything else (``--import``): they register your own
+            estimators (``verl_credit.register_estimator``) and report views
+            (``verl_credit.explain.sections.explainer``). Default [].
     """
 
     model: str | None = None
@@ -57,6 +67,7 @@ class ExplainConfig:
     threads: int = field(default_factory=_default_threads)
     score_rows: str = "all"
     credit: dict[str, Any] = field(default_factory=dict)
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         for name in ("num_problems", "group_size", "max_new_tokens", "threads"):
@@ -71,6 +82,8 @@ class ExplainConfig:
             raise ValueError(f"explain: temperature must be > 0, got {self.temperature!r}")
         if self.score_rows not in ("all", "trained"):
             raise ValueError(f"explain: score_rows must be 'all' or 'trained', got {self.score_rows!r}")
+        if self.estimators is not None and not self.estimators:
+            raise ValueError("explain: estimators is empty; leave it unset (None) for every available view")
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:
@@ -90,7 +103,11 @@ def parse_set_options(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {part} is both a value and a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
     return out
 
 
@@ -103,19 +120,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--problems", default=None, help="a .jsonl or verl .parquet file (default: the bundled GSM8K problems)"
     )
-    parser.add_argument("--num-problems", type=int, default=d.num_problems, help="problems to sample (%(default)s)")
-    parser.add_argument("--first-problem", type=int, default=d.first_problem, help="index of the first problem")
-    parser.add_argument("--group-size", type=int, default=d.group_size, help="solutions per problem (%(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="longest solution (%(default)s)")
+    parser.add_argument(
+        "--num-problems", type=positive_int, default=d.num_problems, help="problems to sample (%(default)s)"
+    )
+    parser.add_argument(
+        "--first-problem", type=int, default=d.first_problem, help="index of the first problem (from 0)"
+    )
+    parser.add_argument(
+        "--group-size", type=positive_int, default=d.group_size, help="solutions per problem (%(default)s)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="longest solution (%(default)s)"
+    )
     parser.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (%(default)s)")
     parser.add_argument(
         "--estimators",
+        nargs="+",
+        action="extend",
         default=None,
-        help="comma-separated credit views (default: all available; see the report's list)",
+        metavar="NAME",
+        help="credit views, separated by spaces or commas (default: all available; see the report's list)",
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="MODULE",
+        help="modules to import first: they register your own estimators and report views",
     )
     parser.add_argument("--out", default=d.out_dir, help="output folder (%(default)s)")
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (%(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=d.threads, help="torch CPU threads (%(default)s)")
     parser.add_argument(
         "--score-rows",
         choices=("all", "trained"),
@@ -129,10 +166,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a credit.* option, e.g. --set ktae.top=0.5 --set counterfactual.max_spans=5",
     )
+    parser.set_defaults(explain_prog=parser.prog)
 
 
 def config_from_args(args: argparse.Namespace) -> ExplainConfig:
-    estimators = [e.strip() for e in args.estimators.split(",") if e.strip()] if args.estimators else None
+    """The run's options; a value the options reject prints one line (``verl-credit explain: error: ...``)
+    and exits with status 2, as argparse does for its own errors."""
+    try:
+        return _config_from_args(args)
+    except ValueError as err:
+        usage_exit(getattr(args, "explain_prog", "verl-credit explain"), err)
+        raise  # unreachable: usage_exit raises SystemExit
+
+
+def _config_from_args(args: argparse.Namespace) -> ExplainConfig:
+    estimators = name_list(args.estimators) if args.estimators is not None else None
+    if estimators is not None and not estimators:
+        raise ValueError("--estimators names no estimator")
     return ExplainConfig(
         model=args.model,
         problems=args.problems,
@@ -147,4 +197,5 @@ def config_from_args(args: argparse.Namespace) -> ExplainConfig:
         threads=args.threads,
         score_rows=args.score_rows,
         credit=parse_set_options(args.set),
+        imports=name_list(getattr(args, "imports", [])),
     )

