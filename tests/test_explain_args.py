@@ -127,6 +127,27 @@ def test_missing_model_path_is_named_not_a_hub_error(capsys, no_model_load, prob
     assert "not a Hugging Face model id" in _error(capsys, ["--problems", str(problems_file), "--model", "a b/c"])
 
 
+def test_relative_path_typo_and_hub_failure(capsys, no_model_load, problems_file, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert _error(capsys, ["--problems", str(problems_file), "--model", "models/qwen"]) == (
+        f"{PROG}--model models/qwen: no such folder (in models)"
+    )
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def hub_down(path):
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {path}.\nCheck your connection.")
+
+    monkeypatch.setattr(explain_run, "load_model", hub_down)  # no network in tests: the Hub "fails"
+    assert main(["explain", "--problems", str(problems_file), "--model", "someorg/somemodel"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "[explain] loading someorg/somemodel ..." and len(lines) == 2  # the load was tried
+    assert lines[1] == (
+        f"{PROG}--model someorg/somemodel: no such local folder, and loading it from the Hugging Face Hub failed: "
+        "We couldn't connect to 'https://huggingface.co' to load someorg/somemodel."
+    )
+
+
 def test_hub_id_not_in_the_cache_when_offline(capsys, no_model_load, problems_file, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

