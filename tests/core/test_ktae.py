@@ -45,6 +45,8 @@ def _random_batch(seed, n_groups=5, vocab=40, T=30):
         KTAEParams(use_tf=False, ignore_token_ids=[]),
         KTAEParams(alpha=0.0, beta=2.0, top=0.5, ignore_token_ids=[]),
         KTAEParams(alpha=1.5, beta=0.0, tf_eps=0.1, ignore_token_ids=[1]),
+        KTAEParams(fisher="exact", ignore_token_ids=[]),
+        KTAEParams(fisher="exact", alpha=1.5, use_tf=False, ignore_token_ids=[2]),
     ],
 )
 def test_vectorised_matches_loop(seed, params):
@@ -145,11 +147,54 @@ def test_correct_threshold():
         ({"tf_b": 2.0}, "credit.ktae.tf_b"),
         ({"top": float("nan")}, "credit.ktae.top"),
         ({"ignore_token_ids": [-3]}, "credit.ktae.ignore_token_ids"),
+        ({"fisher": "scipy"}, "credit.ktae.fisher"),
     ],
 )
 def test_bad_params_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         KTAEParams(**kwargs)
+
+
+def test_fisher_modes_differ_only_through_p():
+    # group of 3, one correct: token 7 is in one wrong rollout only, table [[0, 1], [1, 1]]: exact p = 1
+    # (F = 0), but 1 - 1 ulp in the authors' float32 arithmetic (F = exp(-2p) ~ 0.135)
+    responses = torch.tensor([[5, 6], [7, 6], [8, 6]])
+    scores = torch.tensor([1.0, 0.0, 0.0])
+    kw = dict(use_tf=False, ignore_token_ids=[])
+    authors = _run(responses, torch.ones(3, 2), scores, ["q"] * 3, KTAEParams(fisher="authors", **kw))
+    exact = _run(responses, torch.ones(3, 2), scores, ["q"] * 3, KTAEParams(fisher="exact", **kw))
+    # token 5 ([[1, 0], [0, 2]], p = 1/3) and token 6 (in all three, x = 0): equal up to float32
+    torch.testing.assert_close(authors.key_token_values[0], exact.key_token_values[0], rtol=0, atol=1e-6)
+    ig = information_gain(*torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64).unbind()).item()
+    x = -math.asin(math.sqrt(0.5))
+    k_exact = 2 / (1 + math.exp(-(ig * x / 2))) - 1
+    k_authors = 2 / (1 + math.exp(-((math.exp(-2.0) + ig) * x / 2))) - 1
+    assert exact.key_token_values[1, 0].item() == pytest.approx(k_exact, abs=1e-6)
+    assert authors.key_token_values[1, 0].item() == pytest.approx(k_authors, abs=1e-6)
+    assert abs(k_authors - k_exact) > 0.02  # 0.026: the F term alone
+
+
+def test_warns_once_when_rewards_vary_but_no_group_is_split(monkeypatch, caplog):
+    import verl_credit.core.ktae as ktae_module
+
+    monkeypatch.setattr(ktae_module, "_warned_no_split", False)
+    responses = torch.tensor([[1, 2], [1, 3], [4, 5], [4, 6]])
+    mask = torch.ones(4, 2)
+    uids = ["a", "a", "b", "b"]
+    with caplog.at_level("WARNING", logger="verl_credit.core.ktae"):
+        _run(responses, mask, torch.tensor([1.0, 1.0, 0.0, 0.0]), uids)  # binary, no mixed group: fine
+        _run(responses, mask, torch.tensor([0.0, 1.0, 1.0, 0.0]), uids)  # mixed: fine
+        assert not caplog.records
+        graded = _run(responses, mask, torch.tensor([0.2, 0.9, 0.4, 0.4]), uids)  # all "correct" at 0.0
+        assert len(caplog.records) == 1 and "correct_threshold" in caplog.records[0].getMessage()
+        assert (graded.key_token_values == 0).all()
+        _run(responses, mask, torch.tensor([0.3, 0.6, 0.4, 0.4]), uids)
+        assert len(caplog.records) == 1  # once per process
+    monkeypatch.setattr(ktae_module, "_warned_no_split", False)
+    with caplog.at_level("WARNING", logger="verl_credit.core.ktae"):
+        caplog.clear()
+        _run(responses, mask, torch.tensor([0.2, 0.9, 0.4, 0.4]), uids, correct_threshold=0.5)  # split: fine
+        assert not caplog.records
 
 
 def test_shape_mismatch_is_reported():

@@ -2,7 +2,7 @@
 
 Modules:
     groups         -- rollout groups from uids, group-relative outcome advantage (GRPO / Dr.GRPO).
-    fisher         -- two-sided Fisher exact test on batches of 2x2 tables.
+    fisher         -- two-sided Fisher exact test on batches of 2x2 tables (exact, or the KTAE authors' float32).
     ktae           -- key-token advantage estimation (KTAE), vectorised and a loop reference.
     counterfactual -- span importances and counterfactual token weights, with the ablation controls.
     variance       -- DRO's R3: variance-weighted reference-answer reward.

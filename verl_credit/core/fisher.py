@@ -3,6 +3,8 @@
 Public API:
     fisher_exact_two_sided(a, b, c, d) -> p   -- any shape (...,) int tensors -> (...,) float64.
     fisher_exact_two_sided_loop(a, b, c, d)   -- one table, plain Python (reference for tests).
+    fisher_authors(a, b, c, d, width) -> p    -- KTAE authors' float32 arithmetic, (...,) -> (...,) float32.
+    fisher_authors_loop(a, b, c, d, width)    -- one table, a loop over x (reference for tests).
 
 For the table [[a, b], [c, d]] with N = a+b+c+d, row sum k = a+b and column sum m = a+c, the
 count in the top-left cell is hypergeometric under independence:
@@ -19,6 +21,22 @@ C(66, 33) < 2**63, so for N <= 66 the numerators are exact int64 and ties are co
 For N > 66 the log-probabilities are compared with a relative tolerance of 1e-7 (the tolerance R's
 ``fisher.test`` uses). Distinct tables are computed once: the work is O(U * (N+1)) for U distinct
 (N, k, m, a) tuples, which is tiny for RL group sizes.
+
+The KTAE authors' arithmetic (``fisher_authors``; KTAE's default ``credit.ktae.fisher: authors``).
+Their code (github xiaolizh1/KTAE, ``fisher_exact_test`` in ``compute_key_tokens.py``) evaluates the
+same sum in float32: with k = a+b and m = a+c,
+
+    log P(x) = logC(m, x) + logC(N-m, k-x) - logC(N, k),   logC(n, j) = lgamma(n+1) - lgamma(j+1) - lgamma(n-j+1)
+    p = sum over x in [0, width) of exp(log P(x)) [lo <= x <= hi and exp(log P(x)) <= exp(log P(a))]
+
+with no tie tolerance, the sum taken by ``torch.sum`` over a row of ``width`` terms. ``width`` is the
+length of their x grid: one grid for all the tables of a KTAE group, as long as the largest
+min(k, m) + 1 among them. The rounding (hence the value) depends on it, because float32 addition is
+not associative. Consequences: a table whose exact p is 1 usually gets p = 1 +- a few ulp, so KTAE's
+F = exp(-2p) is ~0.135 instead of the p == 1 -> 0 branch, and probabilities that tie exactly may
+round apart (one counted, the other not, moving p by up to 0.5). ``fisher_authors`` reproduces
+their values bit for bit on our test machine (x86-64, torch 2.13: every table with N <= 24 at several
+widths): the same torch operations on rows of the same width, each distinct (table, width) once.
 """
 
 from __future__ import annotations
@@ -27,7 +45,13 @@ import math
 
 import torch
 
-__all__ = ["EXACT_MAX_N", "fisher_exact_two_sided", "fisher_exact_two_sided_loop"]
+__all__ = [
+    "EXACT_MAX_N",
+    "fisher_authors",
+    "fisher_authors_loop",
+    "fisher_exact_two_sided",
+    "fisher_exact_two_sided_loop",
+]
 
 EXACT_MAX_N = 66  # largest N whose hypergeometric numerators all fit in int64
 _LOG_TIE_RTOL = math.log1p(1e-7)
@@ -121,3 +145,88 @@ def fisher_exact_two_sided_loop(a: int, b: int, c: int, d: int) -> float:
     obs = nums[a]
     included = sum(v for v in nums.values() if v <= obs)
     return included / math.comb(N, m)
+
+
+# ------------------------------------------------------------------ the KTAE authors' float32 arithmetic
+
+
+def _log_comb32(n: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """log C(n, j) in float32 through lgamma, evaluated as the authors do (same operation order)."""
+    return torch.lgamma(n + 1) - torch.lgamma(j + 1) - torch.lgamma(n - j + 1)
+
+
+def _authors_rows(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, width: int) -> torch.Tensor:
+    """p for U tables sharing one grid width. a, b, c, d: (U,) float32 -> (U,) float32.
+
+    The grid is materialised as (U, width) tensors, broadcast inputs expanded, as theirs are: torch
+    may round an element differently on its vectorised and scalar paths, and the layout picks the path.
+    """
+    k, m = a + b, a + c
+    n = k + (c + d)
+    lo = torch.clamp(k + m - n, min=0.0)
+    hi = torch.minimum(k, m)
+    x = torch.arange(width, dtype=torch.float32).repeat(a.numel(), 1)
+    in_range = (x >= lo.unsqueeze(1)) & (x <= hi.unsqueeze(1))
+    m_g, k_g, n_g = (t.unsqueeze(1).expand_as(x) for t in (m, k, n))
+    p_x = torch.exp(_log_comb32(m_g, x) + _log_comb32(n_g - m_g, k_g - x) - _log_comb32(n_g, k_g)) * in_range.float()
+    p_obs = torch.exp(_log_comb32(m, a) + _log_comb32(n - m, k - a) - _log_comb32(n, k))
+    return torch.sum(torch.where((p_x <= p_obs.unsqueeze(1)) & in_range, p_x, 0.0), dim=1)
+
+
+def fisher_authors(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, width: torch.Tensor | int
+) -> torch.Tensor:
+    """Two-sided Fisher p of [[a, b], [c, d]] as the KTAE authors' code computes it (float32).
+
+    width: length of the x grid, >= min(a+b, a+c) + 1 for each table; in KTAE one value per group
+    (its tables' largest min(a+b, a+c) + 1). Shapes: a, b, c, d, width (...,) non-negative integers
+    (broadcast) -> p (...,) float32. Each distinct (table, width) is computed once.
+    """
+    a, b, c, d, width = (torch.as_tensor(t).long() for t in (a, b, c, d, width))
+    a, b, c, d, width = torch.broadcast_tensors(a, b, c, d, width)
+    shape = a.shape
+    if a.numel() == 0:
+        return torch.zeros(shape, dtype=torch.float32)
+    if bool(((a < 0) | (b < 0) | (c < 0) | (d < 0)).any()):
+        raise ValueError("fisher_authors: table cells must be non-negative counts")
+    a, b, c, d, width = (t.reshape(-1) for t in (a, b, c, d, width))
+    if bool((width < torch.minimum(a + b, a + c) + 1).any()):
+        raise ValueError("fisher_authors: width must be >= min(a+b, a+c) + 1 for every table")
+    S = int(torch.stack([a, b, c, d, width]).max()) + 1
+    if S**5 < 2**63:  # one int64 key per (table, width): a 1-D unique, much faster than unique(dim=0)
+        code = (((a * S + b) * S + c) * S + d) * S + width
+        uniq, inverse = torch.unique(code, return_inverse=True)
+        cells = torch.stack([(uniq // S**j) % S for j in (4, 3, 2, 1, 0)], dim=1)  # (U, 5): a, b, c, d, width
+    else:
+        cells, inverse = torch.unique(torch.stack([a, b, c, d, width], dim=1), dim=0, return_inverse=True)
+    p = torch.empty(cells.shape[0], dtype=torch.float32)
+    for w in torch.unique(cells[:, 4]).tolist():
+        sel = (cells[:, 4] == w).nonzero(as_tuple=True)[0]
+        a32, b32, c32, d32 = cells[sel, :4].float().unbind(1)
+        p[sel] = _authors_rows(a32, b32, c32, d32, int(w))
+    return p[inverse].reshape(shape)
+
+
+def fisher_authors_loop(a: int, b: int, c: int, d: int, width: int) -> float:
+    """Reference for :func:`fisher_authors`: one table, one float32 scalar per grid point x.
+
+    The terms are added by ``torch.sum`` over the row of ``width`` terms, as theirs are (a Python
+    running sum rounds differently, which moves p off or onto exactly 1).
+    """
+
+    def f32(v) -> torch.Tensor:
+        return torch.tensor(float(v), dtype=torch.float32)
+
+    k, m, n = a + b, a + c, a + b + c + d
+
+    def prob(x: int) -> torch.Tensor:
+        return torch.exp(
+            _log_comb32(f32(m), f32(x)) + _log_comb32(f32(n - m), f32(k - x)) - _log_comb32(f32(n), f32(k))
+        )
+
+    p_obs = prob(a)
+    terms = []
+    for x in range(width):
+        p_x = prob(x) if max(0, k + m - n) <= x <= min(k, m) else f32(0.0)
+        terms.append(p_x if p_x <= p_obs else f32(0.0))
+    return float(torch.stack(terms).unsqueeze(0).sum(dim=1)[0])

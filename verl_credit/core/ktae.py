@@ -12,6 +12,7 @@ Notation: B rollouts, T response positions, G groups; in one group of N rollouts
 (r > correct_threshold) and W = N - C wrong. For a token id v:
     a = correct rollouts containing v, b = wrong rollouts containing v, c = C - a, d = W - b
     F(v)  = exp(-2 p) if p != 1 else 0,  p = two-sided Fisher exact p of [[a, b], [c, d]]
+            (``fisher``: "authors" = their float32 arithmetic, "exact" = exact p; see below)
     IG(v) = H(C/N) - [(a+b)/N H(a/(a+b)) + (c+d)/N H(c/(c+d))]           (bits)
     x(v)  = asin(sqrt(a/C)) - asin(sqrt(b/W))
             + [use_tf] tf_C/(tf_W + tf_eps) - tf_W/(tf_C + tf_eps)
@@ -22,13 +23,32 @@ Notation: B rollouts, T response positions, G groups; in one group of N rollouts
 K is per (group, token id): every occurrence of v in the group gets it, in correct and wrong
 rollouts alike. Groups with no correct or no wrong rollout get K = 0 (and z = 0 for binary
 rewards); groups of one and padding rows get A = 0. K is 0 for ``ignore_token_ids``.
-Differences from the authors' code (all below 1e-9 on K): exact Fisher p-values instead of
-float32 lgamma, a/C instead of a/(C + 1e-10); a class with no valid token gets tf = 0 instead of NaN.
+
+Fisher p-values (``KTAEParams.fisher``). The authors' code (github xiaolizh1/KTAE) computes p in
+float32 through lgamma and counts the tables with P(x) <= P(a) without tolerance, so a table whose
+exact p is 1 usually gets p slightly off 1 and F = exp(-2p) ~ 0.135 instead of the p == 1 -> 0
+branch, and exactly tied probabilities may round apart (p off by up to 0.5). The published results
+come from that arithmetic: ``fisher="authors"`` (default) reproduces it
+(``verl_credit.core.fisher.fisher_authors``, one x grid per group as wide as its largest
+min(a+b, C) + 1), ``fisher="exact"`` uses exact p-values (``fisher_exact_two_sided``, scipy's
+definition). On Zipf batches of 8 groups x 16 x 1024 tokens the two differ on a quarter to a third
+of the valid tokens, by up to ~0.8 in A (the README gives the measured figures).
+
+Remaining differences from the authors' code (below 1e-5 on A, tested on their outputs in
+tests/core/data): the rest of K in float64 instead of float32, a/C instead of a/(C + 1e-10); a class
+with no valid token gets tf = 0 instead of NaN; their K is forced to 0 for Qwen's id 151643 only (here
+``ignore_token_ids``). On purpose: a group of one gets A = 0 here; theirs gives it z = r/(1 + eps) and
+K = 0 (and indexes out of range when the group holds the batch's largest token id).
+
+Non-binary rewards: "correct" is r > correct_threshold, so rewards in (0, 1) with the default
+threshold 0 make every rollout correct and KTAE silently equal GRPO; ``ktae_advantages`` logs a
+warning once per process when rewards differ inside a group but no group has both classes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +56,12 @@ from dataclasses import dataclass
 import torch
 
 from verl_credit.core.checks import is_int, is_number
-from verl_credit.core.fisher import fisher_exact_two_sided, fisher_exact_two_sided_loop
+from verl_credit.core.fisher import (
+    fisher_authors,
+    fisher_authors_loop,
+    fisher_exact_two_sided,
+    fisher_exact_two_sided_loop,
+)
 from verl_credit.core.groups import (
     GroupIndex,
     group_index_from_uids,
@@ -53,6 +78,10 @@ __all__ = [
     "ktae_advantages",
     "ktae_advantages_loop",
 ]
+
+FISHER_MODES = ("authors", "exact")
+logger = logging.getLogger(__name__)
+_warned_no_split = False  # the "rewards vary but the threshold splits no group" warning is logged once
 
 
 @dataclass
@@ -72,6 +101,10 @@ class KTAEParams:
         tf_b: BM25 length normalisation b' in [0, 1]. Default 0.5.
         ignore_token_ids: token ids whose K is forced to 0. None (default) lets the trainer use
             the tokenizer's pad and eos ids; [] ignores nothing.
+        fisher: how the Fisher p-values are computed. "authors" (default): as the authors' code
+            computes them, in float32 (lgamma, no tie tolerance), which the published results
+            come from; a table whose exact p is 1 then mostly gets F ~ 0.135, not 0. "exact":
+            exact p-values (scipy's), F = 0 whenever p = 1. See the module docstring.
     """
 
     alpha: float = 1.0
@@ -82,8 +115,11 @@ class KTAEParams:
     tf_k1: float = 2.0
     tf_b: float = 0.5
     ignore_token_ids: list[int] | None = None
+    fisher: str = "authors"
 
     def __post_init__(self):
+        if self.fisher not in FISHER_MODES:
+            raise ValueError(f"credit.ktae.fisher must be one of {', '.join(FISHER_MODES)}, got {self.fisher!r}")
         for name in ("alpha", "beta", "top", "tf_eps", "tf_k1"):
             value = getattr(self, name)
             if not (is_number(value) and value >= 0):
@@ -137,10 +173,16 @@ def information_gain(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch
     )
 
 
-def _key_value(a, b, n_c, n_w, occ_c, occ_w, len_c, len_w, p: KTAEParams):
-    """K for (group, token) pairs from their counts; all arguments float64 tensors of shape (P,)."""
+def _key_value(a, b, n_c, n_w, occ_c, occ_w, len_c, len_w, width, p: KTAEParams):
+    """K for (group, token) pairs from their counts; all arguments float64 tensors of shape (P,).
+
+    width: the group's Fisher x grid length (used by ``fisher="authors"`` only).
+    """
     c, d = n_c - a, n_w - b
-    pval = fisher_exact_two_sided(a.long(), b.long(), c.long(), d.long())
+    if p.fisher == "authors":
+        pval = fisher_authors(a.long(), b.long(), c.long(), d.long(), width.long()).double()
+    else:
+        pval = fisher_exact_two_sided(a.long(), b.long(), c.long(), d.long())
     fisher = torch.where(pval == 1.0, torch.zeros_like(pval), torch.exp(-2.0 * pval))
     ig = information_gain(a, b, c, d)
     x = torch.asin(torch.sqrt(a / n_c)) - torch.asin(torch.sqrt(b / n_w))
@@ -205,7 +247,10 @@ def key_token_values(
     a, b = per_pair(pr_correct), per_pair(1.0 - pr_correct)
     occ_c, occ_w = per_pair(pr_count * pr_correct), per_pair(pr_count * (1.0 - pr_correct))
     pg = pair // vocab
-    k_pair = _key_value(a, b, n_c[pg], n_w[pg], occ_c, occ_w, len_c[pg], len_w[pg], params)
+    # the authors' Fisher grid: one per group, as long as its largest min(a+b, C) + 1
+    most_present = torch.zeros(groups.num_groups, dtype=torch.float64).scatter_reduce_(0, pg, a + b, "amax")
+    width = torch.minimum(most_present, n_c) + 1
+    k_pair = _key_value(a, b, n_c[pg], n_w[pg], occ_c, occ_w, len_c[pg], len_w[pg], width[pg], params)
     if params.ignore_token_ids:
         ignore = torch.tensor(sorted(set(params.ignore_token_ids)), dtype=torch.int64)
         k_pair = torch.where(torch.isin(pair % vocab, ignore), torch.zeros_like(k_pair), k_pair)
@@ -226,7 +271,8 @@ def ktae_advantages(
 ) -> KTAEResult:
     """KTAE token-level advantages A = mask * (z + K).
 
-    correct_threshold: a rollout is correct when its reward > this (default 0).
+    correct_threshold: a rollout is correct when its reward > this (default 0). A warning is logged
+        (once per process) when rewards differ inside a group but this threshold splits no group.
     norm_adv_by_std / epsilon: the outcome advantage z, see ``group_outcome_advantage``.
     Shapes: responses LongTensor[B, T], response_mask [B, T], scores FloatTensor[B] (outcome
     rewards, already validated finite) -> KTAEResult (advantages [B, T] float32, ...).
@@ -238,9 +284,39 @@ def ktae_advantages(
     correct = scores > correct_threshold
     z = group_outcome_advantage(scores, groups, norm_adv_by_std, epsilon)
     K, mixed = key_token_values(responses, response_mask, correct, groups, params)
+    _warn_if_threshold_splits_no_group(scores, groups, mixed, correct_threshold)
     mask = response_mask.to(torch.float64) * (groups.group >= 0).unsqueeze(1)
     adv = (z.double().unsqueeze(1) + K) * mask
     return KTAEResult(advantages=adv.float(), key_token_values=K.float(), outcome_advantage=z, mixed_groups=mixed)
+
+
+def _warn_if_threshold_splits_no_group(scores, groups: GroupIndex, mixed, correct_threshold: float) -> None:
+    """Log once per process when rewards differ inside some group but no group is split into correct
+    and wrong rollouts (non-binary rewards, e.g. in (0, 1) with correct_threshold 0): K is then 0
+    everywhere and KTAE silently equals the GRPO outcome advantage."""
+    global _warned_no_split
+    if _warned_no_split or bool(mixed.any()):
+        return
+    real = groups.group >= 0
+    if not real.any():
+        return
+    g, s = groups.group[real], scores[real].double()
+    lo = torch.full((groups.num_groups,), math.inf, dtype=torch.float64).scatter_reduce_(0, g, s, "amin")
+    hi = torch.full((groups.num_groups,), -math.inf, dtype=torch.float64).scatter_reduce_(0, g, s, "amax")
+    varied = int((hi > lo).sum())
+    if varied == 0:
+        return
+    _warned_no_split = True
+    logger.warning(
+        "KTAE: rewards differ inside %d group(s) (values from %.4g to %.4g), but no group has both a correct "
+        "(reward > credit.correct_threshold = %g) and a wrong rollout, so K = 0 everywhere and KTAE equals "
+        "GRPO. Non-binary rewards need a threshold between the outcomes (e.g. credit.correct_threshold=0.5 "
+        "for rewards in [0, 1]). Logged once.",
+        varied,
+        float(s.min()),
+        float(s.max()),
+        correct_threshold,
+    )
 
 
 def ktae_advantages_loop(
@@ -272,13 +348,16 @@ def ktae_advantages_loop(
         seqs = {i: responses[i][mask[i]].tolist() for i in members}
         len_c = sum(len(seqs[i]) for i in correct)
         len_w = sum(len(seqs[i]) for i in wrong)
+        vocab = sorted({t for i in members for t in seqs[i]})
+        present = {v: sum(v in seqs[i] for i in members) for v in vocab}
+        width = min(max(present.values(), default=0), len(correct)) + 1  # the authors' Fisher grid
         key_of = {}
-        for v in sorted({t for i in members for t in seqs[i]}):
+        for v in vocab:
             a = sum(v in seqs[i] for i in correct)
             b = sum(v in seqs[i] for i in wrong)
             occ_c = sum(seqs[i].count(v) for i in correct)
             occ_w = sum(seqs[i].count(v) for i in wrong)
-            key_of[v] = _key_value_scalar(a, b, len(correct), len(wrong), occ_c, occ_w, len_c, len_w, params)
+            key_of[v] = _key_value_scalar(a, b, len(correct), len(wrong), occ_c, occ_w, len_c, len_w, width, params)
         for v in params.ignore_token_ids or ():
             key_of[v] = 0.0
         for i in members:
@@ -291,7 +370,7 @@ def ktae_advantages_loop(
     return adv.float(), K.float()
 
 
-def _key_value_scalar(a, b, n_c, n_w, occ_c, occ_w, len_c, len_w, p: KTAEParams) -> float:
+def _key_value_scalar(a, b, n_c, n_w, occ_c, occ_w, len_c, len_w, width, p: KTAEParams) -> float:
     """K(v) for one token with plain Python floats (the formula block of the module docstring)."""
 
     def h(q):
@@ -299,7 +378,10 @@ def _key_value_scalar(a, b, n_c, n_w, occ_c, occ_w, len_c, len_w, p: KTAEParams)
 
     n = n_c + n_w
     c, d = n_c - a, n_w - b
-    pval = fisher_exact_two_sided_loop(a, b, c, d)
+    if p.fisher == "authors":
+        pval = fisher_authors_loop(a, b, c, d, width)
+    else:
+        pval = fisher_exact_two_sided_loop(a, b, c, d)
     fisher = 0.0 if pval == 1.0 else math.exp(-2.0 * pval)
     h_has = h(a / (a + b)) if a + b else 0.0
     h_lacks = h(c / (c + d)) if c + d else 0.0
