@@ -50,7 +50,14 @@ def _seed(base: int, request_id: str) -> int:
 
 @torch.no_grad()
 def sample(
-    model, prompt_ids: list[int], max_tokens: int, eos_ids: set[int], temperature: float, top_k: int, top_p: float, generator
+    model,
+    prompt_ids: list[int],
+    max_tokens: int,
+    eos_ids: set[int],
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator,
 ) -> tuple[list[int], list[float]]:
     """Ancestral sampling with a KV cache: (token ids, log-probs of the sampled tokens).
 
@@ -106,7 +113,9 @@ class HFCPUServer:
         tokenizer = model_config.tokenizer
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = {int(e) for e in eos} | ({int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set())
+        self.eos_ids = {int(e) for e in eos} | (
+            {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+        )
         self.max_model_len = int(config.max_model_len or (config.prompt_length + config.response_length))
         self.lock = asyncio.Lock()
         self.weight_version = 0
@@ -132,7 +141,9 @@ class HFCPUServer:
             raise ValueError("the hf_cpu rollout is text-only")
         max_tokens = min(int(self.config.response_length), self.max_model_len - len(prompt_ids))
         if max_tokens <= 0:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room under max_model_len {self.max_model_len}")
+            raise ValueError(
+                f"prompt of {len(prompt_ids)} tokens leaves no room under max_model_len {self.max_model_len}"
+            )
         generator = torch.Generator().manual_seed(_seed(int(self.config.get("seed", 0) or 0), str(request_id)))
         async with self.lock:  # one request at a time; yield to the event loop between requests
             tokens, logps = await asyncio.to_thread(

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,20 +70,48 @@ def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0) -> 
 
     root = Path(root)
     model = root / "model"
+    rng = random.Random(seed)
+    questions, records = [], []
+    for i in range(num_problems):
+        a, b = rng.randint(2, 30), rng.randint(2, 30)
+        questions.append(f"Tom has {a} apples and buys {b} more. How many apples does he have?")
+        records.append(
+            verl_record(questions[-1], str(a + b), data_source="smoke/add", split="train", index=i, instruction="")
+        )
     if not (model / "config.json").exists():
         build_tiny_qwen2(model, CORPUS, vocab_size=300, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(model)
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(model)
-    rng = random.Random(seed)
-    records = []
-    for i in range(num_problems):
-        a, b = rng.randint(2, 30), rng.randint(2, 30)
-        q = f"Tom has {a} apples and buys {b} more. How many apples does he have?"
-        records.append(verl_record(q, str(a + b), data_source="smoke/add", split="train", index=i, instruction=""))
+        _imitate_corpus(model, tokenizer, questions, seed)
     train = write_parquet(records, root / "data" / "train.parquet")
     val = write_parquet(records[:4], root / "data" / "val.parquet")
     return Workspace(root=root, model=model, train=train, val=val)
+
+
+def _imitate_corpus(model_dir: Path, tokenizer, questions: list[str], seed: int, steps: int = 200) -> None:
+    """A couple of seconds of next-token training on chat-formatted ``CORPUS`` answers, so the
+    sampled responses have sentences, arithmetic and answer markers (spans and answers for the
+    counterfactual stage) instead of uniform noise."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        + answer
+        + tokenizer.eos_token
+        for q, answer in zip(questions, CORPUS, strict=False)
+    ]
+    encoded = [torch.tensor([tokenizer(t)["input_ids"]]) for t in texts]
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        ids = encoded[step % len(encoded)]
+        model(input_ids=ids, labels=ids).loss.backward()
+        optim.step()
+        optim.zero_grad()
+    model.save_pretrained(model_dir)
 
 
 def smoke_overrides(
@@ -130,6 +159,8 @@ def smoke_overrides(
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={n}",
         f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={tokens}",
         "actor_rollout_ref.rollout.calculate_log_probs=true",
+        "actor_rollout_ref.rollout.agent.num_workers=1",  # verl's 8 agent-loop and 8 reward processes
+        "reward.num_workers=1",  # would each import verl on a 2-core machine
         "reward.custom_reward_function.path=pkg://verl_credit.cpu.smoke_reward",
         "reward.custom_reward_function.name=compute_score",
         f"trainer.n_gpus_per_node={dp}",
@@ -144,7 +175,9 @@ def smoke_overrides(
         "trainer.project_name=verl_credit_smoke",
         f"trainer.experiment_name={estimator}",
         f"trainer.default_local_dir={ws.root / 'checkpoints'}",
-        f"ray_kwargs.ray_init.num_cpus={dp + 4}",
+        # logical CPUs for Ray's bookkeeping (TaskRunner, TQ controller and storage, agent-loop and
+        # reward workers each reserve one); the processes share the real cores regardless
+        f"ray_kwargs.ray_init.num_cpus={8 + 2 * dp}",
         f"+ray_kwargs.ray_init.num_gpus={dp}",
         "+ray_kwargs.ray_init.include_dashboard=false",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
@@ -179,20 +212,21 @@ def run(
     start = time.perf_counter()
     log_path = ws.root / "smoke.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # its own session, so a timeout ends Ray's processes too, not only the driver
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        watchdog = threading.Timer(timeout_s, _kill_session, args=(proc, log))
+        watchdog.start()
         try:
-            deadline = start + timeout_s
             for line in proc.stdout:
                 log.write(line)
                 if echo:
                     print(line, end="", flush=True)
-                if time.perf_counter() > deadline:
-                    raise subprocess.TimeoutExpired(cmd, timeout_s)
-            proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
             proc.wait()
-            log.write(f"\n[verl-credit smoke] killed after {timeout_s:.0f}s\n")
+        finally:
+            watchdog.cancel()
+            _kill_session(proc, None)  # Ray leaves raylet/workers behind when the driver dies
     wall = time.perf_counter() - start
     steps = []
     if metrics_path.exists():
@@ -201,19 +235,45 @@ def run(
                 record = json.loads(line)
                 steps.append({"step": record.get("step"), **record.get("data", {})})
     tail = log_path.read_text()[-6000:]
-    return SmokeResult(returncode=proc.returncode if proc.returncode is not None else -9, wall_s=wall, steps=steps, log_tail=tail)
+    return SmokeResult(
+        returncode=proc.returncode if proc.returncode is not None else -9, wall_s=wall, steps=steps, log_tail=tail
+    )
+
+
+def _kill_session(proc: subprocess.Popen, log) -> None:
+    """Stop the run's whole process session (driver, raylet, Ray workers)."""
+    import signal
+
+    alive = proc.poll() is None
+    if log is not None and alive:
+        log.write("\n[verl-credit smoke] timed out: killing the run\n")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if sig == signal.SIGTERM:
+            time.sleep(2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estimator", default="ktae", help="algorithm.adv_estimator (a verl_credit or verl name)")
     parser.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="module that registers a user estimator (imported in every process); repeatable",
     )
     parser.add_argument("--steps", type=int, default=2, help="PPO steps (>= 1)")
     parser.add_argument("--dp", type=int, default=1, help="data-parallel actor workers (processes)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra hydra override, e.g. --set credit.token_weighting=counterfactual; repeatable",
     )
     parser.add_argument("--workdir", default="outputs/smoke", help="model, data, log and metrics go here")

@@ -31,7 +31,7 @@ from verl.trainer.ppo.utils import Role
 from verl_credit.core.groups import contrast_rows, group_index_from_uids, multi_rollout_rows, sequence_scores
 from verl_credit.core.length_reward import resolve_scorer
 from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
-from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict
+from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict, stage_input_fields
 from verl_credit.registry import get_estimator, list_estimators
 from verl_credit.scoring import duplicate_rows
 from verl_credit.spans import SpanParams, span_params_of
@@ -101,13 +101,21 @@ def run_scoring_stage(
     tq.kv_batch_put(
         keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(requests, batch_size=len(batch))
     )
-    batch.extra_info[STAGE_KEY] = {
+    stage = {
         "counterfactual": config_dict(cf) if cf is not None else None,
         "reference": {"answer_template": ref.answer_template} if ref is not None else None,
         "span_params": span_params_of(span_params),
     }
-    batch.extra_info["temperature"] = temperature
-    worker_group.compute_credit_scores(batch)
+    # verl's dispatch sends a worker only the fields its meta lists (when it lists any, as every meta
+    # after ``_compute_old_log_prob`` does): dispatch a meta of exactly what the worker reads
+    stage_meta = KVBatchMeta(
+        keys=list(batch.keys),
+        tags=batch.tags,
+        partition_id=batch.partition_id,
+        fields=stage_input_fields(stage),
+        extra_info={**(batch.extra_info or {}), STAGE_KEY: stage, "temperature": temperature},
+    )
+    worker_group.compute_credit_scores(stage_meta)
 
     wanted = ["credit_stage_tokens", *(STAGE_FIELDS if cf is not None else ())]
     out = stage_tensors(fetch(batch, wanted, who="the scoring stage's output"), wanted)

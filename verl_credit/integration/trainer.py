@@ -27,6 +27,7 @@ from verl_credit.config import CreditConfig
 from verl_credit.estimators import GRPO_SPEC
 from verl_credit.integration.batching import QueryPreservedBatchingMixin, check_batching_config
 from verl_credit.integration.buffer import RewardBalancedBufferMixin
+from verl_credit.integration.dump import AdvantageDumpMixin
 from verl_credit.integration.length_reward import LengthRewardMixin, validate_length_reward_run
 from verl_credit.integration.scoring_stage import ScoringStageMixin
 from verl_credit.integration.token_flip import TokenFlipDiagnosticMixin
@@ -116,6 +117,7 @@ class PluginAdvantageMixin:
 
 
 class CreditPPOTrainer(
+    AdvantageDumpMixin,
     QueryPreservedBatchingMixin,
     RewardBalancedBufferMixin,
     TokenFlipDiagnosticMixin,

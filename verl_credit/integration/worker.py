@@ -29,11 +29,35 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl_credit.scoring import CounterfactualConfig, answer_ids, score_reference, score_spans
 from verl_credit.spans import ResponseSpans, SpanParams, find_spans
 
-__all__ = ["CreditActorRolloutRefWorker", "stage_rows", "engine_scorer", "STAGE_KEY", "reference_ids"]
+__all__ = [
+    "CreditActorRolloutRefWorker",
+    "stage_rows",
+    "engine_scorer",
+    "dp_padded_count",
+    "stage_input_fields",
+    "STAGE_KEY",
+    "reference_ids",
+]
 
 # non-tensor entry of the batch: {"counterfactual": dict | None, "reference": dict | None, "span_params": dict}
 STAGE_KEY = "credit_stage"
 META_KEYS = ("temperature",)
+
+
+def stage_input_fields(stage: dict) -> list[str]:
+    """The batch fields :func:`stage_rows` reads for the products in ``stage`` (a ``STAGE_KEY`` entry).
+
+    verl's dispatch hands a worker only the fields its ``KVBatchMeta`` lists, so the trainer
+    dispatches a meta with exactly these."""
+    fields = ["prompts", "responses", "response_mask"]
+    cf, ref = stage.get("counterfactual"), stage.get("reference")
+    if cf is not None:
+        fields.append("credit_cf_request")
+    if ref is not None:
+        fields.append("credit_ref_request")
+    if ref is not None or (cf is not None and cf.get("answer_source") == "gold"):
+        fields.append("reward_model")
+    return fields
 
 
 def _rows(nested: torch.Tensor) -> list[torch.Tensor]:
@@ -110,15 +134,48 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
     return TensorDict(out, batch_size=[n])
 
 
+def dp_padded_count(n: int, group=None, multiple: int = 1) -> int:
+    """The sequence count every rank of the dp ``group`` sends to ``infer_batch``: the largest ``n``
+    across the group (an all-reduce; ``n`` itself outside torch.distributed), rounded up to a
+    multiple of ``multiple`` and at least 1.
+
+    Why: ``infer_batch`` runs dp collectives. With ``use_dynamic_bsz`` verl takes the largest
+    micro-batch count across ranks and refuses a rank with fewer sequences than that count
+    (``utils/seqlen_balancing.py``); with fixed micro-batches it asserts that the count divides
+    the micro-batch size (``workers/engine/utils.py``) and ranks with different micro-batch counts
+    would hang in FSDP's all-gathers. Equal counts, multiples of the micro-batch size, satisfy both.
+    """
+    count = max(int(n), 1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([count], dtype=torch.long)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=group)
+        count = int(t)
+    return -(-count // multiple) * multiple
+
+
 def engine_scorer(actor, meta: dict):
     """Score function over verl's engine: variants become rows of the shape ``compute_log_prob``
     takes (nested input_ids / position_ids / loss_mask); ``log_probs`` comes back nested over the
-    full sequence, position t holding log p(x_{t+1} | x_<=t)."""
+    full sequence, position t holding log p(x_{t+1} | x_<=t), computed with the run's
+    ``rollout.temperature`` (``meta["temperature"]``) like verl's ``old_log_probs``.
+
+    Every rank of the dp group sends the same number of sequences (:func:`dp_padded_count`), padding
+    with two-token throw-away sequences whose outputs are dropped."""
 
     def score(sequences: list[torch.Tensor], targets: torch.Tensor) -> list[torch.Tensor]:
         real = len(sequences)
-        if real == 0:  # keep the dp collectives inside infer_batch matched across ranks
-            sequences, targets = [torch.zeros(2, dtype=torch.long)], torch.tensor([[1, 2]])
+        sequences, targets = list(sequences), targets.reshape(-1, 2)
+        engine = getattr(actor, "engine", None)
+        group = engine.get_data_parallel_group() if engine is not None else None
+        config = getattr(actor, "config", None)
+        engine_config = getattr(config, "engine_config", None)
+        fixed = engine_config is not None and not engine_config.use_dynamic_bsz
+        multiple = int(engine_config.infer_micro_batch_size_per_gpu) if fixed else 1
+        total = dp_padded_count(real, group, multiple)
+        if total > real:
+            pad = total - real
+            sequences += [torch.zeros(2, dtype=torch.long)] * pad
+            targets = torch.cat([targets.long(), torch.tensor([[1, 2]] * pad)])
         loss_masks = []
         for seq, (t0, t1) in zip(sequences, targets.tolist(), strict=True):
             mask = torch.zeros_like(seq)
