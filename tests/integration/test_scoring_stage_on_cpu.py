@@ -53,19 +53,36 @@ class StandInActor:
 
 
 class SingleRankWorkerGroup:
-    """What verl's dispatch + tqbridge do for one dp rank: fetch the rows, call, put the output back."""
+    """The worker method called in this process through verl's own ``@register`` wrapper, i.e. verl's
+    real TransferQueue bridge (``tqbridge``): the worker receives exactly the fields the dispatched
+    meta lists (every field only when ``meta.fields`` is None), and its output is put back by verl.
+    What Ray adds at dp=1 (one rank, the whole batch) is the only thing left out; dp=2 runs in the
+    real-step tests (tests/integration/test_real_steps_on_cpu.py)."""
 
     def __init__(self, worker):
-        self.worker, self.calls = worker, 0
+        from verl.utils import transferqueue_utils
+
+        transferqueue_utils.TQ_INITIALIZED = True  # the local_tq fixture initialised TQ in this process
+        worker._Worker__dispatch_dp_rank, worker._Worker__collect_dp_rank = {}, {}
+        worker._register_dispatch_collect_info("actor", dp_rank=0, is_collect=True)
+        self.worker, self.calls, self.fields = worker, 0, []
 
     def compute_credit_scores(self, batch):
         self.calls += 1
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id)
-        tu.assign_non_tensor(data, **batch.extra_info)
-        output = self.worker.compute_credit_scores(data)
-        assert output.batch_size[0] == len(batch), "one row per input row"
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
-        return batch
+        self.fields.append(batch.fields)
+        out = self.worker.compute_credit_scores(batch)
+        assert len(out) == len(batch), "one row per input row"
+        return out
+
+
+def _as_after_old_log_prob(batch):
+    """The meta as verl's non-bypass ``_compute_old_log_prob`` returns it: the one ``kv_batch_put``
+    returned, whose ``fields`` lists every stored field (verl's dispatch then reads only those)."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["rollout_log_probs"])
+    data["old_log_probs"] = data.pop("rollout_log_probs")
+    meta = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=data)
+    assert meta.fields is not None and "prompts" in meta.fields
+    return meta
 
 
 def _config(*overrides):
@@ -91,8 +108,7 @@ def _setup(local_tq, tiny, *overrides, truths=None):
     scores = [s for _, _, s in rows]
     extra = {"reward_model": [{"ground_truth": t} for t in truths]} if truths is not None else None
     batch = local_tq.put_rollouts(prompts, responses, scores, [u for u, _, _ in rows], extra_fields=extra)
-    batch = local_tq.add_padding(batch, 12, tok.eos_token_id)
-    batch = local_tq.copy_rollout_log_probs_to_old(batch)
+    batch = _as_after_old_log_prob(local_tq.add_padding(batch, 12, tok.eos_token_id))
     trainer = CreditPPOTrainer.__new__(CreditPPOTrainer)
     trainer.config = _config(*overrides)
     trainer.credit_config = validate_run_config(trainer.config)
@@ -135,6 +151,8 @@ def test_counterfactual_estimator_end_to_end(local_tq, tiny):
     metrics = {}
     trainer._compute_advantage(batch, metrics)
     assert trainer.actor_rollout_wg.calls == 1
+    # the dispatched meta lists what the worker reads, and nothing the rest of the step depends on
+    assert trainer.actor_rollout_wg.fields == [["prompts", "responses", "response_mask", "credit_cf_request"]]
     req = _read(batch, "credit_cf_request").to_padded_tensor()["credit_cf_request"].flatten().tolist()
     # group 0 mixed (row 3 duplicates row 0), group 1 all correct, group 2 mixed; padding rows never
     assert req == [1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0]

@@ -144,6 +144,8 @@ def smoke_overrides(
         f"actor_rollout_ref.model.use_remove_padding={str(remove_padding).lower()}",
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         "actor_rollout_ref.actor.strategy=fsdp2",
+        # fp32 compute: verl's default bf16 autocast is slow on CPUs and blurs the comparisons a check makes
+        "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
         "actor_rollout_ref.actor.optim.lr=1e-3",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}",
         f"actor_rollout_ref.actor.use_dynamic_bsz={str(dynamic_bsz).lower()}",

@@ -16,6 +16,12 @@ Products and the rows scored for each:
         others copy its scores), never verl's padding rows;
     reference (estimators registered with ``stage=("reference",)``, e.g. ``variance_weighted``):
         every real rollout of a group with at least two.
+
+Temperature: the stage scores with the model's own distribution (temperature 1,
+:data:`STAGE_TEMPERATURE`), whatever ``rollout.temperature`` is. verl's engine divides the logits
+by the ``temperature`` it is handed; the stage hands it 1.0, so the engine's numbers equal the CPU
+scorer's (``scoring.hf_scorer``: explain, the gym, the benchmarks) and a span's importance does
+not change with the sampling temperature of the run.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from verl_credit.spans import SpanParams, span_params_of
 from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
+STAGE_TEMPERATURE = 1.0
 
 
 def stage_products(estimator: str, credit) -> dict:
@@ -156,7 +163,7 @@ class ScoringStageMixin:
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         products = self._stage_products()
         if any(v is not None for v in products.values()):
-            temperature = self.config.actor_rollout_ref.rollout.temperature
+            temperature = STAGE_TEMPERATURE
             credit = self.credit_config
             run_scoring_stage(
                 batch,
