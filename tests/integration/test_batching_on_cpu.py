@@ -157,7 +157,7 @@ def test_query_preserved_vs_verls_balance_batch(local_tq, n_groups, n, dp, mini)
     assert o["minibatch"] <= s["minibatch"] + 1e-9  # balanced inside each mini-batch, unlike stock
     assert o["whole"] <= max(2 * s["whole"], 0.02)  # and over the whole batch close to verl's optimum
     assert ours_metrics["credit/batching/extra_padding/rows"] == 0
-    assert ours_metrics["credit/batching/minibatch_imbalance/mean"] == pytest.approx(o["minibatch"])
+    assert ours_metrics["credit/batching/rank_imbalance/mean"] == pytest.approx(o["minibatch"])
     for key in ("global_seqlen/balanced_min", "global_seqlen/balanced_max", "global_seqlen/mean"):
         assert key in ours_metrics and key in stock_metrics
     assert ours_metrics["global_seqlen/mean"] == pytest.approx(stock_metrics["global_seqlen/mean"])

@@ -12,9 +12,9 @@ padding and its balancing function (``get_seqlen_balanced_partitions`` on ``calc
 applies them per mini-batch after packing whole groups (:func:`~verl_credit.core.batching.query_preserved_layout`).
 
 Metrics (per step): verl's own ``global_seqlen/*`` stats for the new order (comparable with a stock
-run), ``credit/batching/minibatch_imbalance/mean`` ((max - min) / mean tokens over ranks inside each
+run), ``credit/batching/rank_imbalance/mean`` ((max - min) / mean tokens over ranks inside each
 mini-batch, averaged), ``credit/batching/extra_padding/rows`` (rows added beyond verl's padding so
-that short groups stay whole) and ``credit/batching/minibatches/count``.
+that short groups stay whole) and ``credit/batching/ppo_batches/count``.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class QueryPreservedBatchingMixin:
             log_seqlen_unbalance(seqlen_list=seqlen.tolist(), partitions=layout.rank_rows, prefix=logging_prefix)
         )
         loads = minibatch_rank_loads(seqlen.tolist(), layout.order, dp_size, mini_batch_rows)
-        metrics["credit/batching/minibatch_imbalance/mean"] = float(relative_imbalance(loads).mean())
+        metrics["credit/batching/rank_imbalance/mean"] = float(relative_imbalance(loads).mean())
         metrics["credit/batching/extra_padding/rows"] = extra
-        metrics["credit/batching/minibatches/count"] = len(layout.minibatches)
+        metrics["credit/batching/ppo_batches/count"] = len(layout.minibatches)
         return batch
