@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cpu_env", "active"]
+__all__ = ["cpu_env", "active", "activate"]
 
 ENV = {
     "VERL_PLATFORM": "cpu",
@@ -41,10 +41,21 @@ def active() -> bool:
     return os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
 
 
-if active():
+def activate() -> None:
+    """Select verl-on-CPU in this process (and the Ray workers it starts): set :func:`cpu_env` and
+    register the platform and the rollout (idempotent)."""
+    os.environ.update(ENV)
+    _register()
+
+
+def _register() -> None:
     from verl_credit.cpu import platform as _platform
     from verl_credit.cpu import rollout as _rollout
 
     _platform.install_gloo_backend()
     _platform.limit_threads()
     _rollout.register()
+
+
+if active():
+    _register()
