@@ -1,0 +1,74 @@
+"""Real verl PPO steps on the CPU, one run per configuration: wall time, step times, the stage's share.
+
+Each run is ``verl-credit smoke`` (verl's own main_ppo, trainer, FSDP2 workers on gloo, TransferQueue,
+agent loop; tiny Qwen2, 4 prompts x 4 rollouts, 24-token responses). Printed per run: the wall time
+of the whole process (Ray start-up included), the time of each step (``timing_s/step``), the scoring
+stage's time and its share of the step (``timing_s/credit_scoring_stage / timing_s/step``), and the
+stage's forward tokens against the naive count. Step 1 includes the agent loop's first requests.
+
+    python benchmarks/real_steps.py                     # every configuration, ~6-8 min on 2 cores
+    python benchmarks/real_steps.py --only ktae,counterfactual --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+from verl_credit.cpu.smoke import build_workspace, run, smoke_overrides
+
+CONFIGS = {
+    "grpo": ("grpo", [], {}),
+    "ktae": ("ktae", [], {}),
+    "counterfactual": ("counterfactual", ["credit.counterfactual.answer_source=gold"], {}),
+    "counterfactual_dp2": ("counterfactual", ["credit.counterfactual.answer_source=gold"], {"dp": 2}),
+    "variance_weighted": ("variance_weighted", [], {}),
+    "combined": (
+        "ktae",
+        [
+            "credit.token_weighting=counterfactual",
+            "credit.length_reward.enabled=true",
+            "credit.length_reward.scorer=counterfactual",
+            "credit.batching.query_preserved=true",
+            "credit.batching.reward_balanced.enabled=true",
+            "credit.diagnostics.token_flip_every=1",
+        ],
+        {"remove_padding": True},
+    ),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args(argv)
+    ws = build_workspace(tempfile.mkdtemp(prefix="real_steps_"))
+    print(f"{'run':<20} {'wall s':>7}  {'step times s':<22} {'stage s (share)':<28} {'tokens vs naive':>15}")
+    failed = 0
+    for name in args.only.split(","):
+        estimator, extra, kw = CONFIGS[name]
+        dp = kw.pop("dp", 1)
+        result = run(ws, smoke_overrides(ws, estimator, args.steps, dp, extra=extra, **kw), args.timeout)
+        if result.returncode != 0 or len(result.steps) < args.steps:
+            failed += 1
+            print(f"{name:<20} FAILED (exit {result.returncode}); log tail:\n{result.log_tail[-1500:]}")
+            continue
+        steps = [r["timing_s/step"] for r in result.steps]
+        stage = [r.get("timing_s/credit_scoring_stage", 0.0) for r in result.steps]
+        share = ", ".join(f"{s:.2f} ({s / t:.0%})" for s, t in zip(stage, steps, strict=True)) if any(stage) else "-"
+        ratio = [
+            r["credit/stage/forward_tokens_vs_naive/ratio"]
+            for r in result.steps
+            if "credit/stage/forward_tokens_vs_naive/ratio" in r
+        ]
+        print(
+            f"{name:<20} {result.wall_s:7.1f}  {', '.join(f'{t:.1f}' for t in steps):<22} {share:<28} "
+            f"{(f'{sum(ratio) / len(ratio):.3f}' if ratio else '-'):>15}"
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
