@@ -16,8 +16,9 @@ those three pieces:
                   rank of each replica loads them into that replica's server.
 
 Registered by :func:`register` under ``hf_cpu`` in verl's ``RolloutReplicaRegistry`` and
-``_ROLLOUT_REGISTRY``. Sampling is sequential: a correctness check for tiny models, not a serving
-engine. Multi-modal inputs are refused.
+``_ROLLOUT_REGISTRY``. Sampling is seeded by (``rollout.seed``, weight version, prompt, k-th request
+for that prompt), so a run is reproducible whatever verl's random request ids. It is sequential: a
+correctness check for tiny models, not a serving engine. Multi-modal inputs are refused.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def _server_name(replica_rank: int) -> str:
     return f"verl_credit_hf_cpu_{replica_rank}"
 
 
-def _seed(base: int, request_id: str) -> int:
-    digest = hashlib.sha256(f"{base}:{request_id}".encode()).digest()
+def _seed(base: int, key: str) -> int:
+    digest = hashlib.sha256(f"{base}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 62) - 1)
 
 
@@ -119,6 +120,7 @@ class HFCPUServer:
         self.max_model_len = int(config.max_model_len or (config.prompt_length + config.response_length))
         self.lock = asyncio.Lock()
         self.weight_version = 0
+        self.seen: dict[tuple[int, ...], int] = {}  # prompt -> requests so far under these weights
 
     def address(self) -> str:
         return _server_name(self.replica_rank)
@@ -134,6 +136,7 @@ class HFCPUServer:
                 f"unexpected {sorted(result.unexpected_keys)[:5]})"
             )
         self.weight_version = version
+        self.seen.clear()
         return len(state)
 
     async def generate(self, request_id, prompt_ids, sampling_params, image_data=None, video_data=None, **kwargs):
@@ -144,7 +147,13 @@ class HFCPUServer:
             raise ValueError(
                 f"prompt of {len(prompt_ids)} tokens leaves no room under max_model_len {self.max_model_len}"
             )
-        generator = torch.Generator().manual_seed(_seed(int(self.config.get("seed", 0) or 0), str(request_id)))
+        # reproducible runs: the k-th request for a prompt under given weights gets the same seed
+        # whatever verl's (random) request ids and the order of arrival
+        key = tuple(int(t) for t in prompt_ids)
+        k = self.seen.get(key, 0)
+        self.seen[key] = k + 1
+        seed_key = f"{self.weight_version}:{k}:{hashlib.sha256(repr(key).encode()).hexdigest()}"
+        generator = torch.Generator().manual_seed(_seed(int(self.config.get("seed", 0) or 0), seed_key))
         async with self.lock:  # one request at a time; yield to the event loop between requests
             tokens, logps = await asyncio.to_thread(
                 sample,

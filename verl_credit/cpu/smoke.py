@@ -79,7 +79,7 @@ def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0) -> 
             verl_record(questions[-1], str(a + b), data_source="smoke/add", split="train", index=i, instruction="")
         )
     if not (model / "config.json").exists():
-        build_tiny_qwen2(model, CORPUS, vocab_size=300, seed=seed)
+        build_tiny_qwen2(model, CORPUS, vocab_size=300, hidden=64, heads=4, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(model)
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(model)
@@ -89,26 +89,28 @@ def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0) -> 
     return Workspace(root=root, model=model, train=train, val=val)
 
 
-def _imitate_corpus(model_dir: Path, tokenizer, questions: list[str], seed: int, steps: int = 200) -> None:
-    """A couple of seconds of next-token training on chat-formatted ``CORPUS`` answers, so the
+def _imitate_corpus(model_dir: Path, tokenizer, questions: list[str], seed: int, steps: int = 400) -> None:
+    """A few seconds of next-token training on chat-formatted ``CORPUS`` answers to ``questions``, so
     sampled responses have sentences, arithmetic and answer markers (spans and answers for the
-    counterfactual stage) instead of uniform noise."""
+    counterfactual stage) rather than uniform noise: at temperature 1 about a third of 40-token
+    samples end in an answer."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     texts = [
         tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         + answer
         + tokenizer.eos_token
-        for q, answer in zip(questions, CORPUS, strict=False)
+        for q in questions
+        for answer in dict.fromkeys(CORPUS)
     ]
     encoded = [torch.tensor([tokenizer(t)["input_ids"]]) for t in texts]
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(steps):
-        ids = encoded[step % len(encoded)]
-        model(input_ids=ids, labels=ids).loss.backward()
+    order = torch.randint(len(encoded), (steps,), generator=torch.Generator().manual_seed(seed))
+    optim = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for i in order.tolist():
+        model(input_ids=encoded[i], labels=encoded[i]).loss.backward()
         optim.step()
         optim.zero_grad()
     model.save_pretrained(model_dir)
