@@ -57,6 +57,7 @@ def test_doctor_ok():
     assert report["plugin_loaded_by_entry_point"] is True
     assert "ktae" in report["plugin_estimators"] and "ktae" in report["stubs_in_verl_registry"]
     assert "credit" in report["trainer_modes"] and report["problems"] == []
+    assert report["start_up_hook"] is True  # verl's validate_config runs verl_credit's start-up checks
 
 
 def test_doctor_fails_with_reason_when_plugins_are_disabled():
@@ -69,6 +70,7 @@ def test_doctor_fails_with_reason_when_plugins_are_disabled():
     )
     assert proc.returncode == 1
     assert "did not load verl_credit.plugin" in proc.stdout
+    assert "VERL_USE_EXTERNAL_PLUGINS=none: verl loads no plugin" in proc.stdout
     assert "trainer mode 'credit' is not registered" in proc.stdout
 
 

@@ -17,14 +17,16 @@ import sys
 
 # Runs in a fresh interpreter: verl must be imported first, exactly as a training process does.
 _PROBE = r"""
-import json, sys
-report = {"errors": []}
+import json, os, sys
+report = {"errors": [], "plugins_policy": os.environ.get("VERL_USE_EXTERNAL_PLUGINS")}
 try:
     import verl
     report["verl_version"] = verl.__version__
 except Exception as err:
     print(json.dumps({"errors": [f"cannot import verl: {err!r}"]})); sys.exit(0)
 report["plugin_loaded_by_entry_point"] = "verl_credit.plugin" in sys.modules
+import verl.utils.config
+report["start_up_hook"] = getattr(verl.utils.config.validate_config, "verl_credit_original", None) is not None
 from importlib.metadata import entry_points
 report["entry_points"] = sorted(f"{ep.name} = {ep.value}" for ep in entry_points(group="verl.plugins"))
 try:
@@ -43,6 +45,27 @@ print(json.dumps(report))
 """
 
 
+def plugins_policy_problem(policy: str | None) -> str | None:
+    """Why ``VERL_USE_EXTERNAL_PLUGINS=policy`` keeps verl from loading verl_credit, or None.
+
+    verl's rule (``verl/__init__.py``): unset or ``auto`` loads every ``verl.plugins`` entry point,
+    ``none`` loads none, a comma-separated list loads only the entry points it names."""
+    value = (policy or "auto").strip().lower()
+    if value == "auto":
+        return None
+    if value == "none":
+        return (
+            "VERL_USE_EXTERNAL_PLUGINS=none: verl loads no plugin, so verl_credit is missing in verl's TaskRunner and "
+            "Ray workers; unset it, or list verl_credit (VERL_USE_EXTERNAL_PLUGINS=verl_credit)"
+        )
+    if "verl_credit" not in {name.strip() for name in value.split(",")}:
+        return (
+            f"VERL_USE_EXTERNAL_PLUGINS={policy} does not list verl_credit, so verl does not load it in its "
+            f"TaskRunner and Ray workers; add it: VERL_USE_EXTERNAL_PLUGINS={policy},verl_credit"
+        )
+    return None
+
+
 def _diagnose(report: dict) -> list[str]:
     problems = list(report.get("errors", []))
     if "verl_version" in report:
@@ -51,10 +74,18 @@ def _diagnose(report: dict) -> list[str]:
             problems.append(f"verl {report['verl_version']} is installed; verl_credit supports verl >=0.9.1,<0.10")
     if report.get("entry_points") is not None and not any("verl_credit" in e for e in report["entry_points"]):
         problems.append("no 'verl.plugins' entry point for verl_credit: reinstall with `pip install -e .`")
+    policy_problem = plugins_policy_problem(report.get("plugins_policy"))
+    if policy_problem:
+        problems.append(policy_problem)
     if report.get("plugin_loaded_by_entry_point") is False:
         problems.append(
             "`import verl` did not load verl_credit.plugin (VERL_USE_EXTERNAL_PLUGINS=none? "
             "run `python -c 'import verl_credit.plugin'` to see the error)"
+        )
+    if report.get("start_up_hook") is False:
+        problems.append(
+            "verl's validate_config is not wrapped: `python -m verl.trainer.main_ppo` would neither choose the plugin "
+            "trainer nor run verl_credit's start-up checks"
         )
     if "trainer_modes" in report and "credit" not in report["trainer_modes"]:
         problems.append("trainer mode 'credit' is not registered in verl's V1 trainer registry")

@@ -4,8 +4,11 @@ verl loads plugins from inside its own ``__init__`` and swallows their errors, s
 stays cheap and imports nothing from verl. It installs a post-import hook: when verl's
 ``core_algos`` finishes importing, it imports ``verl_credit.integration.verl_registry``, which
 registers a stub for each plugin estimator name; when ``verl.trainer.ppo.v1`` finishes importing,
-it imports ``verl_credit.integration.trainer``, which registers the trainer mode ``credit``.
-Each of those modules registers at its own end, so importing one directly works too. Both therefore
+it imports ``verl_credit.integration.trainer``, which registers the trainer mode ``credit``; after
+``verl.utils.config``, ``verl_credit.integration.verl_hook``, which wraps verl's ``validate_config`` so
+that ``python -m verl.trainer.main_ppo`` chooses the plugin trainer and runs verl_credit's checks in
+the driver before Ray starts. Each of those modules registers at its own end, so importing one
+directly works too. They therefore
 exist in every process that can use them (driver, TaskRunner, Ray workers) and cost nothing
 elsewhere. ``verl-credit doctor`` checks that this happened.
 """
@@ -21,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 # verl module whose import triggers the hook -> verl_credit module imported right after it
 HOOKS = {
+    "verl.utils.config": "verl_credit.integration.verl_hook",
     "verl.trainer.ppo.core_algos": "verl_credit.integration.verl_registry",
     "verl.trainer.ppo.v1": "verl_credit.integration.trainer",
 }

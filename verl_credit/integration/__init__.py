@@ -10,4 +10,6 @@ batching       -- ``QueryPreservedBatchingMixin`` (whole groups per mini-batch),
 buffer         -- ``RewardBalancedReplayBuffer`` (verl custom sampler) and its trainer mixin.
 token_flip     -- ``TokenFlipDiagnosticMixin``: token-flip shares after the actor update.
 trainer        -- ``CreditPPOTrainer``, trainer mode ``credit``.
+startup        -- the trainer choice and every check before Ray (both entry points, the dry run).
+verl_hook      -- wraps verl's ``validate_config`` so ``python -m verl.trainer.main_ppo`` runs ``startup``.
 """
