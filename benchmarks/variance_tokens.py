@@ -29,7 +29,7 @@ from verl_credit.explain.options import ExplainConfig
 from verl_credit.explain.run import sample_rollouts
 from verl_credit.offline import load_smollm2
 from verl_credit.rewards import grade
-from verl_credit.scoring import answer_ids, hf_scorer, score_reference
+from verl_credit.scoring import hf_scorer, reference_answer, score_reference
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
 
@@ -57,11 +57,14 @@ def main(argv=None) -> int:
     prompts, responses, uids = rollouts.prompts, rollouts.responses, rollouts.uids
     rewards = rollouts.rewards.tolist()
     template = VarianceParams().answer_template
-    references = [answer_ids(tok, template, problems[k].ground_truth) for k in rollouts.problem_of]
+    pairs = [reference_answer(tok, template, problems[k].ground_truth) for k in rollouts.problem_of]
+    references, marks = [ids for ids, _ in pairs], [mark for _, mark in pairs]
 
     scorer = hf_scorer(model, tok.pad_token_id)
     start = time.perf_counter()
-    lp, mask, forward = score_reference(tok, scorer, prompts, responses, references, list(range(len(responses))))
+    lp, mask, forward = score_reference(
+        tok, scorer, prompts, responses, references, list(range(len(responses))), answer_masks=marks
+    )
     stage_s = time.perf_counter() - start
     full = [torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]
     start = time.perf_counter()
@@ -77,6 +80,9 @@ def main(argv=None) -> int:
         print(f"\n### {uid}: reference {tok.decode(ref)!r}, contrast {bool(res.contrast[gid])}")
         print("| token | sigma | weight |\n|---|---|---|")
         for j, t in enumerate(ref.tolist()):
+            if not bool(marks[members[0]][j]):
+                print(f"| {tok.decode([t])!r} | template | - |")
+                continue
             print(f"| {tok.decode([t])!r} | {float(res.sigma[gid, j]):.3f} | {float(res.weights[gid, j]):.2f} |")
         print(
             "rollouts (correct, R3, shaped reward): "

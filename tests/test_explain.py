@@ -28,7 +28,7 @@ from verl_credit.explain import ExplainConfig
 from verl_credit.explain.options import parse_set_options
 from verl_credit.explain.report import format_number, safe_text
 from verl_credit.explain.run import explain_rollouts, rollouts_from_texts, run_explain
-from verl_credit.scoring import CounterfactualConfig, hf_scorer, score_reference, score_spans
+from verl_credit.scoring import CounterfactualConfig, hf_scorer, reference_answer, score_reference, score_spans
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
@@ -211,9 +211,11 @@ def test_variance_reference_tokens_match_the_core_function(written, tiny):
         torch.tensor(tokenizer(f"#### {ro.problems[k].ground_truth}", add_special_tokens=False)["input_ids"])
         for k in ro.problem_of
     ]
+    marks = [reference_answer(tokenizer, "#### {answer}", ro.problems[k].ground_truth)[1] for k in ro.problem_of]
     lp, mask, _ = score_reference(
-        tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, refs, range(8)
-    )
+        tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, refs, range(8),
+        answer_masks=marks,
+    )  # fmt: skip
     groups = group_index_from_uids(ro.uids)
     res = r3_rewards(lp, mask, ro.rewards, groups, result.credit.variance)
     section = next(s for s in data["sections"] if s["key"] == "variance_weighted")
@@ -223,6 +225,9 @@ def test_variance_reference_tokens_match_the_core_function(written, tiny):
         J = len(ref["tokens"])
         assert "".join(ref["tokens"]) == f"#### {ro.problems[int(uid[1:])].ground_truth}"
         assert torch.allclose(torch.tensor(ref["sigma"]), res.sigma[g, :J], atol=1e-5)
+        first = int((groups.group == g).nonzero()[0])
+        assert ref["scored"] == marks[first].tolist() and not ref["scored"][0]  # "####" is context
+        assert all(s == 0 for s, scored in zip(ref["sigma"], ref["scored"], strict=True) if not scored)
     assert "reference answer &#x27;#### 7&#x27;" in html
 
 

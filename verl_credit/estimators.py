@@ -5,6 +5,10 @@ ktae  -- key-token advantage estimation, see ``verl_credit.core.ktae``.
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext
 from verl_credit.core.counterfactual import STAGE_FIELDS as CF_STAGE_FIELDS
 from verl_credit.core.groups import group_outcome_advantage, group_sum
@@ -82,7 +86,7 @@ def variance_weighted(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput
     if missing:
         raise ValueError(f"variance_weighted needs field {missing[0]!r} from the scoring stage")
     logprobs, mask = batch.fields["credit_ref_logprobs"].float(), batch.fields["credit_ref_mask"].long()
-    res = r3_rewards(logprobs, mask, batch.scores, batch.groups, ctx.config.variance)
+    res = r3_rewards(logprobs, mask, batch.scores, batch.groups, ctx.config.variance, ctx.config.correct_threshold)
     z = group_outcome_advantage(res.shaped.double(), batch.groups, ctx.norm_adv_by_std, ctx.config.epsilon)
     return CreditOutput(
         advantages=z.unsqueeze(1) * batch.response_mask.float(),
@@ -92,11 +96,23 @@ def variance_weighted(batch: CreditBatch, ctx: EstimatorContext) -> CreditOutput
 
 
 def _variance_metrics(res, batch: CreditBatch, threshold: float) -> dict[str, float]:
-    """Mean sigma, share of reference tokens holding 80% of the weight, R3 spread where rewards are all equal."""
+    """Mean sigma, share of reference tokens holding 80% of the weight, R3 spread where rewards are all
+    equal, and the share of mixed groups where a wrong rollout's r' reaches a correct one's."""
     g = batch.groups.group
     real = g >= 0
     contrast = res.contrast
     metrics = {"variance/groups_with_contrast/fraction": float(contrast.float().mean()) if contrast.numel() else 0.0}
+    G = batch.groups.num_groups
+    correct = batch.scores > threshold
+    lowest_correct = torch.full((G,), math.inf, dtype=torch.float64).scatter_reduce_(
+        0, g[real & correct], res.shaped.double()[real & correct], reduce="amin"
+    )
+    highest_wrong = torch.full((G,), -math.inf, dtype=torch.float64).scatter_reduce_(
+        0, g[real & ~correct], res.shaped.double()[real & ~correct], reduce="amax"
+    )
+    mixed = torch.isfinite(lowest_correct) & torch.isfinite(highest_wrong)
+    crossed = mixed & (highest_wrong >= lowest_correct)
+    metrics["variance/mixed_groups_crossed/fraction"] = float(crossed.sum() / mixed.sum()) if mixed.any() else 0.0
     if contrast.any():
         w, sigma = res.weights[contrast], res.sigma[contrast]
         ref_len = (sigma > 0).sum(1).clamp_min(1)

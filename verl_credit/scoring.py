@@ -7,6 +7,7 @@ Public API:
     hf_scorer(model, ...)    -- a score function for any Hugging Face causal LM (CPU demo, tests).
     SpanScores               -- per-rollout scores (B, S+1), spans (B, S, 2), answer (B, 2), costs.
     score_spans(...)         -- spans + variants + scoring + bookkeeping, for a batch of rollouts.
+    reference_answer(...)    -- a reference answer's ids and which of them are the answer (not the template).
     score_reference(...)     -- per-token log-probs of a reference answer after each rollout's reasoning.
 
 A score function maps ``(sequences: list[LongTensor], targets: LongTensor[V, 2])`` to a list of V
@@ -24,6 +25,7 @@ prompt + response for every rollout given.
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +41,7 @@ __all__ = [
     "build_variants",
     "duplicate_rows",
     "answer_ids",
+    "reference_answer",
     "hf_scorer",
     "SpanScores",
     "score_spans",
@@ -103,6 +106,40 @@ def answer_ids(tokenizer, template: str, answer) -> torch.Tensor:
     return torch.tensor(
         tokenizer(template.format(answer=answer), add_special_tokens=False)["input_ids"], dtype=torch.long
     )
+
+
+def reference_answer(tokenizer, template: str, answer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, is_answer): the ids of :func:`answer_ids` (LongTensor[J]) and BoolTensor[J], True on
+    the tokens that hold a character of ``answer`` itself, False on the template written around it
+    ("#### " of "#### {answer}"): the template is context, teacher-forced but not scored by R3.
+
+    A token that straddles the template and the answer (" 42" after "####" in a GPT-2 style BPE)
+    holds answer characters and counts as the answer's. Character offsets come from a fast
+    tokenizer's offset mapping, else from decoding growing prefixes of the ids.
+    """
+    text, spans = _render(template, answer)
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+    else:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ends = [len(tokenizer.decode(ids[:k])) for k in range(len(ids) + 1)]
+        offsets = list(zip(ends[:-1], ends[1:], strict=True))
+    is_answer = [any(t0 < a1 and a0 < t1 for a0, a1 in spans) for t0, t1 in offsets]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(is_answer, dtype=torch.bool).reshape(-1)
+
+
+def _render(template: str, answer) -> tuple[str, list[tuple[int, int]]]:
+    """``template.format(answer=answer)`` and the character ranges [start, end) of each ``{answer}``."""
+    text, spans = "", []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        text += literal
+        if name is not None:
+            field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            value = field.format(answer=answer)
+            spans.append((len(text), len(text) + len(value)))
+            text += value
+    return text, spans
 
 
 def duplicate_rows(
@@ -289,17 +326,29 @@ def score_reference(
     rows: Sequence[int],
     params: SpanParams | None = None,
     spans: Sequence[ResponseSpans] | None = None,
+    answer_masks: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """l_ij = log pi(y_j | prompt, reasoning_i, y_<j): each rollout's reasoning (its own answer
     removed, with the same answer detection as the spans: pass the run's span settings as
     ``params``, e.g. ``credit.counterfactual``, or the ``spans`` already found with them)
     followed by its reference answer ids.
 
+    ``answer_masks`` (per row a BoolTensor over its reference's tokens, from
+    :func:`reference_answer`): the positions that enter ``mask``: the answer's own tokens. Every
+    reference token is teacher-forced and gets its log-prob; only the marked ones are scored.
+    None marks every reference token.
+
     Shapes: B prompts / responses / references (1-D LongTensors) -> (logprobs (B, J) float,
     mask (B, J) long, forward tokens); rows not in ``rows`` have an all-zero mask. Identical
     (prompt, response, reference) triples are scored once.
     """
     B = len(responses)
+    for row in rows if answer_masks is not None else ():
+        if answer_masks[row].numel() != references[row].numel():
+            raise ValueError(
+                f"rollout {row}: its answer mask has {answer_masks[row].numel()} entries for a reference answer of "
+                f"{references[row].numel()} tokens"
+            )
     if spans is None:
         spans = find_spans(tokenizer, [r.tolist() for r in responses], params or SpanParams())
     unique, copy_from = duplicate_rows(prompts, responses, rows, references)
@@ -312,5 +361,6 @@ def score_reference(
     for row, source in copies.items():
         if source in by_row:
             n = by_row[source].numel()
-            logprobs[row, :n], mask[row, :n] = by_row[source], 1
+            logprobs[row, :n] = by_row[source]
+            mask[row, :n] = 1 if answer_masks is None else answer_masks[row].reshape(-1)[:n].long()
     return logprobs, mask, variants.forward_tokens

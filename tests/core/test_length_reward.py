@@ -15,10 +15,13 @@ from verl_credit.core.ktae import KTAEParams, key_token_values
 from verl_credit.core.length_reward import (
     DynamicLambdaSchedule,
     LengthRewardConfig,
+    PromptAnchors,
     ScorerInputs,
     SignificanceScorer,
     add_on_last_token,
     compute_length_reward,
+    first_seen_reference_counts,
+    first_seen_reference_counts_loop,
     get_scorer,
     group_reference_counts,
     group_reference_counts_loop,
@@ -26,6 +29,7 @@ from verl_credit.core.length_reward import (
     length_reward_shaping,
     list_scorers,
     minmax_normalize,
+    prompt_keys,
     resolve_scorer,
     run_scorer,
     significance_counts,
@@ -34,6 +38,7 @@ from verl_credit.core.length_reward import (
 )
 
 EXPLORE = 3.183098861837907  # 5 / (pi/2)
+GROUP = LengthRewardConfig(anchor="group")  # the reference counts of the current group
 FLOOR = -6.366197723675814  # -2 * 5 / (pi/2)
 
 
@@ -80,7 +85,7 @@ def test_whole_pipeline_on_a_hand_computed_group():
     # row 2 wrong: constant -> s^ = 1 everywhere -> 0 insignificant, 6 significant
     scores, mask = _dense([[0.0, 1.0, 0.2, 0.9], [2.0, 4.0, 3.0], [1.0] * 6])
     groups = group_index_from_uids(["a", "a", "a"])
-    res = compute_length_reward(scores, _rm([1, 1, 0], mask), mask, groups, LengthRewardConfig(), -0.5)
+    res = compute_length_reward(scores, _rm([1, 1, 0], mask), mask, groups, GROUP, -0.5)
     assert res.n_insig.tolist() == [2, 1, 0] and res.n_sig.tolist() == [2, 2, 6]
     assert res.ref_insig.tolist() == [1.5] * 3 and res.ref_sig.tolist() == [2.0] * 3  # mean over correct rows
     torch.testing.assert_close(res.r_ins, torch.tensor([4 / 3, 2 / 3, 0.0], dtype=torch.float64))
@@ -117,9 +122,7 @@ def test_threshold_is_strict():
 def test_zero_reference_counts_give_zero_ratios():
     # every correct rollout has constant scores -> N_insig_ref = 0 -> r_ins = r_sig = 0 (authors' code)
     scores, mask = _dense([[1.0, 1.0], [2.0, 2.0, 2.0], [0.0, 1.0, 0.0]])
-    res = compute_length_reward(
-        scores, _rm([1, 1, 0], mask), mask, group_index_from_uids(["g"] * 3), LengthRewardConfig(), EXPLORE
-    )
+    res = compute_length_reward(scores, _rm([1, 1, 0], mask), mask, group_index_from_uids(["g"] * 3), GROUP, EXPLORE)
     assert res.ref_insig.tolist() == [0.0] * 3 and res.r_ins.tolist() == [0.0] * 3 and res.r_sig.tolist() == [0.0] * 3
     torch.testing.assert_close(res.shaping, torch.tensor([5.0, 5.0, -5.0], dtype=torch.float64))
     r_ins, r_sig = significance_ratios(
@@ -131,31 +134,27 @@ def test_zero_reference_counts_give_zero_ratios():
 def test_empty_responses_get_no_shaping_and_no_say_in_the_reference():
     scores, mask = _dense([[0.0, 1.0, 0.0, 1.0], [], [0.0, 1.0]], width=4)
     rm = _rm([1, 0, 1], mask)
-    res = compute_length_reward(scores, rm, mask, group_index_from_uids(["g"] * 3), LengthRewardConfig(), EXPLORE)
+    res = compute_length_reward(scores, rm, mask, group_index_from_uids(["g"] * 3), GROUP, EXPLORE)
     assert res.nonempty.tolist() == [True, False, True] and res.shaping[1].item() == 0.0
     assert res.ref_insig[0].item() == 1.5 and res.ref_sig[0].item() == 1.5  # rows 0 and 2 only
     assert (res.shaped_rm_scores[1] == 0).all()
     only_empty = compute_length_reward(
         torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), group_index_from_uids(["e", "e"]),
-        LengthRewardConfig(), EXPLORE,
+        GROUP, EXPLORE,
     )  # fmt: skip
     assert (only_empty.shaping == 0).all() and (only_empty.shaped_rm_scores == 0).all()
 
 
 def test_all_wrong_group_uses_every_rollout_as_reference():
     scores, mask = _dense([[0.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
-    res = compute_length_reward(
-        scores, _rm([0, 0, 0], mask), mask, group_index_from_uids(["w"] * 3), LengthRewardConfig(), EXPLORE
-    )
+    res = compute_length_reward(scores, _rm([0, 0, 0], mask), mask, group_index_from_uids(["w"] * 3), GROUP, EXPLORE)
     assert res.ref_insig.tolist() == [4 / 3] * 3 and res.ref_sig.tolist() == [5 / 3] * 3
     assert (res.shaping <= 0).all() and not res.correct.any()
     # r_ins = (3/4, 3/2, 3/4), r_sig = (3/5, 6/5, 6/5); exploring (lambda_dyn > 0), more significant
     # tokens cost a wrong answer less; once penalising (lambda_dyn < 0) the longer one pays more
     expected = torch.tensor([-3.626762945149614, -3.0388069624591063, -1.71690362804687], dtype=torch.float64)
     torch.testing.assert_close(res.shaping, expected, rtol=0, atol=1e-12)
-    late = compute_length_reward(
-        scores, _rm([0, 0, 0], mask), mask, group_index_from_uids(["w"] * 3), LengthRewardConfig(), -0.5
-    )
+    late = compute_length_reward(scores, _rm([0, 0, 0], mask), mask, group_index_from_uids(["w"] * 3), GROUP, -0.5)
     expected = torch.tensor([-5.836622262252359, -7.458525596664594, -6.136622262252358], dtype=torch.float64)
     torch.testing.assert_close(late.shaping, expected, rtol=0, atol=1e-12)
 
@@ -174,7 +173,7 @@ def test_truncated_response_is_shaped_on_its_last_column():
 def test_padding_rows_and_separate_groups():
     scores, mask = _dense([[0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 1.0]])
     groups = group_index_from_uids(["a", "a", "b", "pad1"])
-    res = compute_length_reward(scores, _rm([1, 0, 1, 0], mask), mask, groups, LengthRewardConfig(), EXPLORE)
+    res = compute_length_reward(scores, _rm([1, 0, 1, 0], mask), mask, groups, GROUP, EXPLORE)
     assert res.ref_insig.tolist() == [1.0, 1.0, 3.0, 0.0]  # a: row 0 (correct); b: row 2; pad: none
     assert res.shaping[3].item() == 0.0 and res.real.tolist() == [True, True, True, False]
     assert res.r_ins[2].item() == 1.0  # a singleton group is its own reference
@@ -226,7 +225,7 @@ def test_concise_correct_answer_beats_padded_correct_one():
     raw = _rm([1, 1, 0, 0], mask)
     inputs = ScorerInputs(response_mask=mask, fields={"old_log_probs": logp}, correct=raw.sum(-1) > 0, groups=groups)
     surprisal = get_scorer("surprisal")
-    res = compute_length_reward(run_scorer(surprisal, inputs), raw, mask, groups, LengthRewardConfig(), EXPLORE)
+    res = compute_length_reward(run_scorer(surprisal, inputs), raw, mask, groups, GROUP, EXPLORE)
     final = res.shaped_rm_scores.double().sum(-1)
     assert res.n_insig[1] > res.n_insig[0] and res.n_sig[1] == res.n_sig[0]
     assert final[0] > final[1] > 1.0  # both keep a bonus; the concise one a larger one
@@ -241,8 +240,9 @@ def test_concise_correct_answer_beats_padded_correct_one():
         max_size=16,
     ),
     st.floats(-8, 8),
+    st.sampled_from(["first_seen", "group"]),
 )
-def test_a_wrong_answer_never_outranks_a_correct_one(rows, lambda_dyn):
+def test_a_wrong_answer_never_outranks_a_correct_one(rows, lambda_dyn, anchor):
     T = 12
     gen = torch.Generator().manual_seed(rows[0][3])
     uids = [f"g{r[0]}" for r in rows]
@@ -252,7 +252,7 @@ def test_a_wrong_answer_never_outranks_a_correct_one(rows, lambda_dyn):
     rewards = [1.0 if r[2] > 0.5 else 0.0 for r in rows]
     res = compute_length_reward(
         torch.randn(len(rows), T, generator=gen), _rm(rewards, mask), mask, group_index_from_uids(uids),
-        LengthRewardConfig(), lambda_dyn,
+        LengthRewardConfig(anchor=anchor), lambda_dyn,
     )  # fmt: skip
     final = res.shaped_rm_scores.double().sum(-1)
     has_token = mask.sum(-1) > 0  # an empty response has nowhere to carry its reward
@@ -324,7 +324,7 @@ def test_counterfactual_scorer_ranks_concise_above_padded():
     assert sig[0, :8].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # I_hat (1, 0); answer not measured
     rm = torch.zeros(3, 17)
     rm[0, 7], rm[1, 16] = 1.0, 1.0
-    res = compute_length_reward(sig, rm, mask, groups, LengthRewardConfig(), EXPLORE, normalize=False)
+    res = compute_length_reward(sig, rm, mask, groups, GROUP, EXPLORE, normalize=False)
     assert res.n_insig.tolist() == [5.0, 11.0, 5.0]  # + filler spans at I_hat 0.024, 0.049, 0; answers 2 each
     # reference = mean over the correct ones = 8 -> r_ins 0.625 and 1.375
     assert res.shaping[:2].tolist() == pytest.approx([5 * math.cos(0.625), 5 * math.cos(1.375)])
@@ -436,6 +436,9 @@ def test_user_scorer_by_import_path(tmp_path, monkeypatch):
         ({"penalty_step": 0}, "credit.length_reward.penalty_step"),
         ({"enabled": "yes"}, "credit.length_reward.enabled"),
         ({"lamda_c": 1}, "credit.length_reward.lamda_c"),
+        ({"anchor": "policy"}, "credit.length_reward.anchor"),
+        ({"anchor_capacity": 0}, "credit.length_reward.anchor_capacity"),
+        ({"anchor_capacity": 1.5}, "credit.length_reward.anchor_capacity"),
     ],
 )
 def test_config_errors_name_the_key(values, key):
@@ -448,6 +451,7 @@ def test_config_defaults_are_the_papers():
     assert (lr.enabled, lr.scorer, lr.threshold) == (False, "surprisal", 0.5)
     assert (lr.lambda_c, lr.lambda_wn, lr.lambda_we) == (5.0, 2.0, 5.0)
     assert (lr.schedule, lr.slope_start_step, lr.slope_period, lr.slope_threshold) == ("bingo", 50, 10, 2.5)
+    assert (lr.anchor, lr.anchor_capacity) == ("first_seen", 100_000)
     assert CreditConfig.from_dict({"length_reward": {"scorer": "my_pkg.sig:score"}}).length_reward.scorer
 
 
@@ -537,7 +541,7 @@ def test_schedule_state_rejects_bad_keys():
 def test_metric_names_and_values():
     scores, mask = _dense([[0.0, 1.0, 0.2, 0.9], [2.0, 4.0, 3.0], [1.0] * 6, []], width=6)
     groups = group_index_from_uids(["a", "a", "a", "a"])
-    res = compute_length_reward(scores, _rm([1, 1, 0, 0], mask), mask, groups, LengthRewardConfig(), -0.5)
+    res = compute_length_reward(scores, _rm([1, 1, 0, 0], mask), mask, groups, GROUP, -0.5)
     metrics = length_reward_metrics(res)
     metrics.update(DynamicLambdaSchedule(LengthRewardConfig()).metrics())
     for name in metrics:
@@ -550,3 +554,140 @@ def test_metric_names_and_values():
     assert metrics["length_reward/lambda_dyn/value"] == -0.5
     assert metrics["length_reward/empty_responses/count"] == 1.0
     assert math.isfinite(sum(metrics.values()))
+
+
+# ------------------------------------------------------------------------------ first-seen anchor
+
+
+def _counts_batch(insig, correct, width=24):
+    """Significance scores with ``insig[i]`` insignificant tokens (score 0) then 2 significant (score 1)."""
+    rows = [[0.0] * n + [1.0, 1.0] for n in insig]
+    scores, mask = _dense(rows, width=width)
+    return scores, _rm([1.0 if c else 0.0 for c in correct], mask), mask
+
+
+def _step(insig, correct, anchors, config, key="P", uid="u"):
+    scores, rm, mask = _counts_batch(insig, correct)
+    uids = [uid] * len(insig)
+    return compute_length_reward(
+        scores, rm, mask, group_index_from_uids(uids), config, EXPLORE, anchors=anchors, prompt_keys=[key] * len(insig)
+    )
+
+
+def test_first_seen_anchor_is_the_first_groups_mean_over_every_rollout():
+    anchors = PromptAnchors()
+    # first sight: 1 correct rollout with 4 insignificant tokens, 3 wrong ones with 6, 8, 10
+    first = _step([4, 6, 8, 10], [True, False, False, False], anchors, LengthRewardConfig())
+    assert first.ref_insig.tolist() == [7.0] * 4 and first.ref_sig.tolist() == [2.0] * 4
+    assert first.r_ins[0].item() == pytest.approx(4 / 7)  # the lone correct rollout is not its own reference
+    assert first.new_anchors == 1 and len(anchors) == 1
+    group = _step([4, 6, 8, 10], [True, False, False, False], None, GROUP)
+    assert group.r_ins[0].item() == 1.0 and group.shaping[0].item() == pytest.approx(5 * math.cos(1.0))
+
+
+def test_more_insignificant_tokens_than_the_anchor_earn_less_also_for_a_lone_correct_rollout():
+    anchors = PromptAnchors()
+    _step([6, 6, 6, 6], [True, True, False, False], anchors, LengthRewardConfig(), uid="step1")
+    bonus = {}
+    for n in (3, 6, 9):  # later visits: the only correct rollout of its group writes n insignificant tokens
+        res = _step([n, 20, 20, 20], [True, False, False, False], anchors, LengthRewardConfig(), uid=f"n{n}")
+        assert res.ref_insig[0].item() == 6.0 and res.new_anchors == 0
+        bonus[n] = res.shaping[0].item()
+        assert bonus[n] == pytest.approx(5 * math.cos(n / 6))
+        moving = _step([n, 20, 20, 20], [True, False, False, False], None, GROUP, uid=f"g{n}")
+        assert moving.shaping[0].item() == pytest.approx(5 * math.cos(1.0))  # group: the same whatever n
+    assert bonus[3] > bonus[6] > bonus[9]
+
+
+def test_first_seen_keeps_the_pressure_as_the_policy_compresses():
+    """The paper's intent: as answers shrink, r_ins falls below 1 and the bonus grows; a group anchor
+    follows the policy down and keeps r_ins at 1 (the pressure is gone)."""
+    anchors = PromptAnchors()
+    fixed, moving = [], []
+    for visit, n in enumerate([12, 9, 6, 3]):  # the policy writes fewer insignificant tokens each visit
+        insig, correct = [n, n + 1, n + 2, n + 3], [True, True, True, False]
+        fixed.append(_step(insig, correct, anchors, LengthRewardConfig(), uid=f"v{visit}").r_ins[:3].mean().item())
+        moving.append(_step(insig, correct, None, GROUP, uid=f"w{visit}").r_ins[:3].mean().item())
+    assert fixed[0] == pytest.approx(13 / 13.5, rel=1e-6)  # first sight: the mean of all four rollouts
+    assert all(a > b for a, b in zip(fixed, fixed[1:], strict=False)) and fixed[-1] < 0.35
+    assert all(m == pytest.approx(1.0) for m in moving)
+
+
+def test_groups_of_one_batch_share_their_prompts_anchor():
+    anchors = PromptAnchors()
+    scores, rm, mask = _counts_batch([2, 4, 8, 8, 1], [True, False, True, True, True])
+    uids = ["b", "b", "a", "a", "c"]  # a and b share a prompt; b comes first in the batch and anchors it
+    keys = ["P", "P", "P", "P", "Q"]
+    res = compute_length_reward(
+        scores, rm, mask, group_index_from_uids(uids), LengthRewardConfig(), EXPLORE, anchors=anchors, prompt_keys=keys
+    )
+    assert res.ref_insig.tolist() == [3.0, 3.0, 3.0, 3.0, 1.0] and res.new_anchors == 2
+    with pytest.raises(ValueError, match="rollout 1: its prompt differs from the rest of its group"):
+        compute_length_reward(
+            scores, rm, mask, group_index_from_uids(uids), LengthRewardConfig(), EXPLORE,
+            anchors=anchors, prompt_keys=["P", "Q", "P", "P", "Q"],
+        )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 9), st.integers(0, 9), st.booleans()),
+            min_size=1,
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_first_seen_counts_match_the_loop_over_several_steps(steps):
+    """(uid, prompt, N_insig, N_sig, nonempty) rows; uid 5 is padding; prompts repeat across steps."""
+    anchors, store = PromptAnchors(), {}
+    for step, rows in enumerate(steps):
+        uids = ["pad" if r[0] == 5 else f"s{step}u{r[0]}" for r in rows]
+        prompt_of = {u: r[1] for u, r in zip(uids, rows, strict=True)}  # one prompt per group
+        keys = [f"p{prompt_of[u]}" for u in uids]
+        n_insig = torch.tensor([r[2] for r in rows], dtype=torch.float64)
+        n_sig = torch.tensor([r[3] for r in rows], dtype=torch.float64)
+        nonempty = torch.tensor([r[4] for r in rows])
+        fast_ins, fast_sig, _ = first_seen_reference_counts(
+            n_insig, n_sig, nonempty, group_index_from_uids(uids), keys, anchors
+        )
+        slow_ins, slow_sig = first_seen_reference_counts_loop(n_insig, n_sig, nonempty, uids, keys, store)
+        torch.testing.assert_close(fast_ins, slow_ins, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fast_sig, slow_sig, rtol=0, atol=1e-12)
+    assert dict(anchors.entries) == store
+
+
+def test_anchor_store_is_bounded_counts_evictions_and_round_trips():
+    import json
+
+    anchors = PromptAnchors(capacity=2)
+    one = torch.ones(1, dtype=torch.bool)
+    for key, n in (("a", 1.0), ("b", 2.0), ("a", 9.0), ("c", 3.0)):  # "a" used again: "b" is the oldest
+        anchors.resolve([key], torch.tensor([n]), torch.tensor([n]), one)
+    assert list(anchors.entries) == ["a", "c"] and anchors.evictions == 1
+    assert anchors.entries["a"] == (1.0, 1.0)  # seen again: keeps its first counts
+    assert anchors.metrics() == {
+        "length_reward/anchor_prompts/count": 2.0,
+        "length_reward/anchor_evictions/count": 1.0,
+    }
+    restored = PromptAnchors(capacity=2)
+    restored.load_state_dict(json.loads(json.dumps(anchors.state_dict())))
+    assert restored.entries == anchors.entries and restored.evictions == 1
+    smaller = PromptAnchors(capacity=1)
+    smaller.load_state_dict(anchors.state_dict())
+    assert list(smaller.entries) == ["c"] and smaller.evictions == 2
+    with pytest.raises(ValueError, match="anchor state"):
+        restored.load_state_dict({"entries": []})
+    # a group without a non-empty rollout anchors nothing
+    ins, _, new = anchors.resolve(["d"], torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([False]))
+    assert ins.item() == 0.0 and not new.item() and "d" not in anchors.entries
+
+
+def test_prompt_keys_are_stable_and_distinct():
+    a = torch.tensor([5, 6, 7])
+    keys = prompt_keys([a, a.clone().int(), torch.tensor([5, 6]), torch.tensor([5, 6, 7, 0])])
+    assert keys[0] == keys[1] and len(set(keys)) == 3 and len(keys[0]) == 32
+    assert keys[0] == prompt_keys([torch.tensor([5, 6, 7])])[0]  # no per-process salt

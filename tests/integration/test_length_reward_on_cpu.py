@@ -16,8 +16,14 @@ from verl.workers.utils.padding import response_to_nested
 import verl_credit.main_ppo  # noqa: F401  (registers the credit schema)
 from verl_credit.core.groups import group_index_from_uids
 from verl_credit.core.ktae import KTAEParams, ktae_advantages
-from verl_credit.core.length_reward import DynamicLambdaSchedule, LengthRewardConfig, compute_length_reward
-from verl_credit.integration.length_reward import STATE_FILE, LengthRewardMixin
+from verl_credit.core.length_reward import (
+    DynamicLambdaSchedule,
+    LengthRewardConfig,
+    PromptAnchors,
+    compute_length_reward,
+    prompt_keys,
+)
+from verl_credit.integration.length_reward import ANCHOR_FILE, STATE_FILE, LengthRewardMixin
 from verl_credit.integration.trainer import CreditPPOTrainer, validate_run_config
 
 PAD_ID, EOS_ID = 0, 1
@@ -76,8 +82,9 @@ def _read(batch, *fields):
     return padded, uids
 
 
-def _expected_shaping(responses, scores, uids, log_probs, width, lambda_dyn=EXPLORE):
-    """The core computation on the same rollouts (surprisal scorer), padding rows left out."""
+def _expected_shaping(prompts, responses, scores, uids, log_probs, width, lambda_dyn=EXPLORE, anchors=None):
+    """The core computation on the same rollouts (surprisal scorer, first-seen anchors keyed by the
+    prompt ids in ``anchors``, a fresh store by default), padding rows left out."""
     B = len(uids)
     mask = torch.zeros(B, width, dtype=torch.long)
     logp = torch.zeros(B, width, dtype=torch.float64)
@@ -87,7 +94,18 @@ def _expected_shaping(responses, scores, uids, log_probs, width, lambda_dyn=EXPL
         logp[i, : len(r)] = torch.tensor(log_probs[i], dtype=torch.float64)
         if r:
             rm[i, len(r) - 1] = scores[i]
-    return compute_length_reward(-logp, rm, mask, group_index_from_uids(uids), LengthRewardConfig(), lambda_dyn)
+    keys = prompt_keys([torch.tensor(p) for p in prompts])
+    anchors = PromptAnchors() if anchors is None else anchors
+    return compute_length_reward(
+        -logp,
+        rm,
+        mask,
+        group_index_from_uids(uids),
+        LengthRewardConfig(),
+        lambda_dyn,
+        anchors=anchors,
+        prompt_keys=keys,
+    )
 
 
 def test_stock_grpo_sees_the_shaped_reward(local_tq):
@@ -99,7 +117,7 @@ def test_stock_grpo_sees_the_shaped_reward(local_tq):
 
     out, tq_uids = _read(batch, "advantages", "rm_scores", "credit_raw_rm_scores", "response_mask", "uid")
     B, T = len(uids), out["rm_scores"].shape[1]
-    expected = _expected_shaping(responses, scores, uids, log_probs, T)
+    expected = _expected_shaping(prompts, responses, scores, uids, log_probs, T)
     torch.testing.assert_close(out["rm_scores"][:B], expected.shaped_rm_scores, rtol=1e-6, atol=1e-6)
     assert (out["rm_scores"][B:] == 0).all()  # verl's padding rows untouched
     raw = out["credit_raw_rm_scores"][:B].sum(-1)
@@ -118,6 +136,41 @@ def test_stock_grpo_sees_the_shaped_reward(local_tq):
     assert metrics["credit/length_reward/empty_responses/count"] == 1.0
     assert trainer.credit_length_reward_last.insignificant.shape == (16, T)
     assert trainer._length_reward_schedule().open_step == 1
+    # both groups share the prompt [5, 6, 7]: the first group seen anchors it for both
+    assert metrics["credit/length_reward/anchor_new_prompts/count"] == 1.0
+    assert metrics["credit/length_reward/anchor_prompts/count"] == 1.0
+    assert metrics["credit/length_reward/anchor_evictions/count"] == 0.0
+
+
+def test_first_seen_anchors_persist_across_steps(local_tq):
+    """Step 2 sees the prompts of step 1 under new uids: the anchors of step 1 are used, not the group's."""
+    prompts, responses, scores, uids, log_probs = _rollouts(4)
+    prompts = [[5, 6, 7]] * 4 + [[8, 9]] * 4
+    trainer = _trainer(_config("algorithm.adv_estimator=grpo", "credit.length_reward.enabled=true"))
+    first = {}
+    trainer._compute_advantage(_put(local_tq, prompts, responses, scores, uids, log_probs), first)
+    anchored = trainer.credit_length_reward_last
+    assert first["credit/length_reward/anchor_new_prompts/count"] == 2.0
+
+    _, responses2, _, _, log_probs2 = _rollouts(5)
+    uids2 = [uuid.uuid4().hex] * 4 + [uuid.uuid4().hex] * 4
+    scores2 = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]  # one correct rollout per group
+    second = {}
+    trainer.global_steps = 2
+    batch = _put(local_tq, prompts, responses2, scores2, uids2, log_probs2)
+    trainer._compute_advantage(batch, second)
+    res = trainer.credit_length_reward_last
+    assert second["credit/length_reward/anchor_new_prompts/count"] == 0.0
+    assert second["credit/length_reward/anchor_prompts/count"] == 2.0
+    torch.testing.assert_close(res.ref_insig[:8], anchored.ref_insig[:8])  # step 1's counts, per prompt
+    for row in (0, 5):  # the only correct rollout of its group: r_ins against the anchor, not 1
+        assert res.r_ins[row].item() == pytest.approx(res.n_insig[row].item() / anchored.ref_insig[row].item())
+    out, _ = _read(batch, "rm_scores")
+    T = out["rm_scores"].shape[1]
+    store = PromptAnchors()
+    _expected_shaping(prompts, responses, scores, uids, log_probs, T, anchors=store)
+    expected = _expected_shaping(prompts, responses2, scores2, uids2, log_probs2, T, anchors=store)
+    torch.testing.assert_close(out["rm_scores"][:8], expected.shaped_rm_scores, rtol=1e-6, atol=1e-6)
 
 
 def test_ktae_sees_the_shaped_reward(local_tq):
@@ -241,3 +294,40 @@ def test_schedule_state_is_saved_with_the_checkpoint_and_restored(tmp_path, capl
     with caplog.at_level("WARNING"):
         fresh._load_checkpoint()
     assert "lambda_dyn restarts" in caplog.text and fresh._length_reward_schedule().value_at(6) == EXPLORE
+
+
+def test_anchors_are_saved_with_the_checkpoint_and_restored(tmp_path, caplog):
+    cfg = LengthRewardConfig(enabled=True)
+    config = _config(f"trainer.default_local_dir={tmp_path}")
+    first = _Trainer()
+    first.credit_config, first.config, first.global_steps = SimpleNamespace(length_reward=cfg), config, 7
+    anchors = first._length_reward_anchors()
+    usable = torch.ones(3, dtype=torch.bool)
+    anchors.resolve(["p", "q", "r"], torch.tensor([4.0, 1.5, 7.0]), torch.tensor([2.0, 3.0, 1.0]), usable)
+    first._save_checkpoint()
+    path = tmp_path / "global_step_7" / ANCHOR_FILE
+    assert json.loads(path.read_text())["entries"][0] == ["p", 4.0, 2.0]
+
+    resumed = _Trainer()
+    resumed.credit_config, resumed.config, resumed.resume_step = SimpleNamespace(length_reward=cfg), config, 7
+    resumed._load_checkpoint()
+    assert resumed._length_reward_anchors().entries == anchors.entries
+    ins, sig, new = resumed._length_reward_anchors().resolve(
+        ["q"], torch.tensor([99.0]), torch.tensor([99.0]), torch.ones(1, dtype=torch.bool)
+    )
+    assert (ins.item(), sig.item(), bool(new)) == (1.5, 3.0, False)  # the saved anchor, not this step's counts
+
+    path.unlink()
+    fresh = _Trainer()
+    fresh.credit_config, fresh.config, fresh.resume_step = SimpleNamespace(length_reward=cfg), config, 7
+    with caplog.at_level("WARNING"):
+        fresh._load_checkpoint()
+    assert "every prompt is anchored again" in caplog.text and len(fresh._length_reward_anchors()) == 0
+
+    group = _Trainer()  # anchor=group keeps no anchors and writes no file
+    group_cfg = LengthRewardConfig(enabled=True, anchor="group")
+    group.credit_config, group.config, group.global_steps = SimpleNamespace(length_reward=group_cfg), config, 8
+    group._save_checkpoint()
+    assert (tmp_path / "global_step_8" / STATE_FILE).exists() and not (
+        tmp_path / "global_step_8" / ANCHOR_FILE
+    ).exists()

@@ -291,7 +291,7 @@ TRUTHS = ["18", "18", "18", "18", "3", "3", "100", "100"]
 
 def test_variance_weighted_end_to_end(local_tq, tiny):
     from verl_credit.core.variance import VarianceParams, r3_rewards
-    from verl_credit.scoring import score_reference
+    from verl_credit.scoring import reference_answer, score_reference
 
     model, tok = tiny
     trainer, batch, prompts, responses, scores, uids = _setup(
@@ -301,6 +301,7 @@ def test_variance_weighted_end_to_end(local_tq, tiny):
     trainer._compute_advantage(batch, metrics)
     adv = _read(batch, "advantages").to_padded_tensor()["advantages"]
     refs = [torch.tensor(tok(f"#### {t}", add_special_tokens=False)["input_ids"]) for t in TRUTHS]
+    marks = [reference_answer(tok, "#### {answer}", t)[1] for t in TRUTHS]
     lp, mask, _ = score_reference(
         tok,
         hf_scorer(model, tok.pad_token_id),
@@ -308,7 +309,12 @@ def test_variance_weighted_end_to_end(local_tq, tiny):
         [torch.tensor(r) for r in responses],
         refs,
         rows=list(range(len(uids))),
+        answer_masks=marks,
     )
+    # the stage scores the answer's own tokens only: "#### " is context
+    stage_mask = _read(batch, "credit_ref_mask").to_padded_tensor()["credit_ref_mask"][: len(uids)]
+    torch.testing.assert_close(stage_mask[:, : mask.shape[1]].long(), mask.long())
+    assert all(int(m.sum()) == len(t) for m, t in zip(mask, TRUTHS, strict=True))  # one token per digit here
     groups = group_index_from_uids(uids)
     res = r3_rewards(lp, mask, torch.tensor(scores), groups, VarianceParams())
     z = group_outcome_advantage(res.shaped.double(), groups)

@@ -9,6 +9,10 @@ Public API:
     significance_counts(normalized, mask, threshold)     (B, T) -> (B,), (B,), (B, T)
     group_reference_counts(n_insig, n_sig, correct, nonempty, groups)   (B,) -> (B,), (B,)
     group_reference_counts_loop(...)                     the same, one Python iteration per group
+    prompt_keys(prompts)               -- a stable key per rollout: a hash of its prompt token ids.
+    PromptAnchors                      -- first-seen reference counts per prompt (LRU-bounded, state_dict).
+    first_seen_reference_counts(n_insig, n_sig, nonempty, groups, keys, anchors)  (B,) -> (B,), (B,), (G,)
+    first_seen_reference_counts_loop(...)                the same, one Python iteration per group
     significance_ratios(n_insig, n_sig, ref_insig, ref_sig)             -> r_ins (B,), r_sig (B,)
     length_reward_shaping(r_ins, r_sig, correct, nonempty, ...)         -> (B,)
     add_on_last_token(rm_scores, mask, shaping)          (B, T) -> (B, T)
@@ -25,7 +29,11 @@ r_i > ``credit.correct_threshold``.
                (1 for every token when max == min; skipped when the scorer declares normalize=False)
     insignificant: s^_it < threshold;  significant: s^_it >= threshold   (valid tokens only)
     N_insig_i, N_sig_i = counts of insignificant / significant tokens of rollout i
-    R_g      = the non-empty correct rollouts of group g if there is one, else all its non-empty
+    reference counts (``anchor``):
+      first_seen (default): N_insig_ref_g, N_sig_ref_g = mean over the non-empty rollouts (correct or
+               not) of the first group seen with g's prompt (key: a hash of the prompt token ids),
+               kept per prompt (LRU, ``anchor_capacity``) and saved with the checkpoint
+      group:   R_g = the non-empty correct rollouts of group g if there is one, else all its non-empty
                rollouts;  N_insig_ref_g = mean_{j in R_g} N_insig_j,  N_sig_ref_g = mean_{j in R_g} N_sig_j
     r_ins_i  = N_insig_i / N_insig_ref_g(i),  r_sig_i = N_sig_i / N_sig_ref_g(i);
                both 0 when N_insig_ref == 0 or N_sig_ref == 0 (the authors' code) or rollout i is empty
@@ -35,17 +43,29 @@ r_i > ``credit.correct_threshold``.
              empty rollouts and padding rows: d_i = 0 (there is no token to carry it)
     rm_scores'[i, last valid t] = rm_scores[i, last valid t] + d_i
 
-The paper's reference counts come from one extra response per prompt sampled from the reference
-policy and scored by LLMLingua-2; here they come from the group itself (mean over its correct
-rollouts, else over all), so no extra generation and no external model is needed. r_sig is
-N_sig / N_sig_ref exactly as the authors' ``high_to_ref_high_ratio``. Because d >= 0 for correct
-and d <= 0 for incorrect rollouts, shaping never moves a rollout across ``correct_threshold``.
+The paper's reference counts come from one extra response per prompt sampled from the frozen
+reference policy and scored by LLMLingua-2, so the anchor stays put while the policy compresses
+its answers. Here no extra generation and no external model is needed: ``first_seen`` takes the
+mean counts of the policy's rollouts the first time a prompt is seen (the policy of that time
+stands in for the reference model; the mean over the group, correct or not, estimates one
+reference sample with less noise) and keeps them; ``group`` takes them from the current group
+(mean over its correct rollouts, else over all), an anchor that moves with the policy: a lone
+correct rollout always gets r_ins = 1. r_sig is N_sig / N_sig_ref exactly as the authors'
+``high_to_ref_high_ratio``. Because d >= 0 for correct and d <= 0 for incorrect rollouts, shaping
+never moves a rollout across ``correct_threshold``.
+
+"Correct": the authors count only a score of exactly 1 as correct (``score == 1``); here it is
+r_i > ``credit.correct_threshold`` (default 0), which is the same for 0/1 rewards. With graded
+rewards (e.g. 0.5 for a well-formatted wrong answer) set the threshold between the wrong and the
+right scores: every rollout above it gets the correct-rollout bonus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,14 +78,18 @@ from verl_credit.core.groups import PADDING_UID_PREFIX, GroupIndex, group_sum
 from verl_credit.core.ktae import KTAEParams, key_token_values
 
 __all__ = [
+    "ANCHORS",
     "BUILTIN_SCORERS",
     "DynamicLambdaSchedule",
     "LengthRewardConfig",
     "LengthRewardResult",
     "ScorerInputs",
     "SignificanceScorer",
+    "PromptAnchors",
     "add_on_last_token",
     "compute_length_reward",
+    "first_seen_reference_counts",
+    "first_seen_reference_counts_loop",
     "get_scorer",
     "group_reference_counts",
     "group_reference_counts_loop",
@@ -73,6 +97,7 @@ __all__ = [
     "length_reward_shaping",
     "list_scorers",
     "minmax_normalize",
+    "prompt_keys",
     "register_scorer",
     "resolve_scorer",
     "run_scorer",
@@ -83,6 +108,7 @@ __all__ = [
 
 HALF_PI = math.pi / 2
 SCHEDULES = ("bingo", "constant")
+ANCHORS = ("first_seen", "group")
 SCORER_STAGES = (None, "counterfactual")
 
 
@@ -123,6 +149,22 @@ class LengthRewardConfig:
             is <= this (the scale maps the first measured slope to lambda_we / (pi/2)).
         penalty_step: float > 0, default 0.5. lambda_dyn = -penalty_step * k after k consecutive
             flat steps, floored at -2 lambda_we / (pi/2).
+        anchor: str, default "first_seen". Where the reference counts N_insig_ref, N_sig_ref of
+            r_ins = N_insig / N_insig_ref and r_sig = N_sig / N_sig_ref come from.
+            "first_seen": the mean counts of the non-empty rollouts (correct or not) of the first
+            group seen with the same prompt (keyed by a hash of the prompt token ids: verl's uid
+            changes every step), kept and saved with verl's checkpoint. The anchor does not move
+            with the policy, as the authors' frozen reference model: a rollout that compresses its
+            answer below what the policy wrote at first sight earns more bonus, also when it is
+            the only correct rollout of its group. On a prompt's first sight it is the group's own
+            mean, so a batch of new prompts still gets a contrast.
+            "group": the mean over the group's correct rollouts (else all), recomputed every step:
+            the anchor moves with the policy (a lone correct rollout always gets r_ins = 1 and
+            the full cos(1) bonus). The previous behaviour, no state.
+        anchor_capacity: int >= 1, default 100000. Prompts "first_seen" keeps (least recently
+            seen dropped first; ``credit/length_reward/anchor_evictions/count`` counts them, an
+            evicted prompt is anchored again when next seen). About 150 bytes each in memory and
+            in the checkpoint file; raise it above the number of distinct training prompts.
     """
 
     enabled: bool = False
@@ -136,6 +178,8 @@ class LengthRewardConfig:
     slope_period: int = 10
     slope_threshold: float = 2.5
     penalty_step: float = 0.5
+    anchor: str = "first_seen"
+    anchor_capacity: int = 100_000
 
     def __post_init__(self):
         key = "credit.length_reward"
@@ -164,6 +208,10 @@ class LengthRewardConfig:
             raise ValueError(f"{key}.slope_threshold must be a finite number, got {self.slope_threshold!r}")
         if not (is_number(self.penalty_step) and self.penalty_step > 0):
             raise ValueError(f"{key}.penalty_step must be a finite number > 0, got {self.penalty_step!r}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"{key}.anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
+        if not (is_int(self.anchor_capacity) and self.anchor_capacity >= 1):
+            raise ValueError(f"{key}.anchor_capacity must be an integer >= 1, got {self.anchor_capacity!r}")
 
 
 def _valid_scorer_spec(spec: str) -> bool:
@@ -469,6 +517,177 @@ def group_reference_counts_loop(
     return ref_ins, ref_sig
 
 
+def prompt_keys(prompts: Sequence[torch.Tensor]) -> list[str]:
+    """A stable key per rollout: the BLAKE2b-128 hex digest of its prompt token ids (valid tokens
+    only, as int64). The same prompt gets the same key in every step and process.
+
+    Shapes: B 1-D integer tensors -> B strings.
+    """
+    return [
+        hashlib.blake2b(p.reshape(-1).to(torch.int64).numpy().tobytes(), digest_size=16).hexdigest() for p in prompts
+    ]
+
+
+class PromptAnchors:
+    """First-seen reference counts per prompt, least recently seen dropped first beyond ``capacity``.
+
+    ``resolve`` returns, per group, the counts stored for its prompt, storing the group's own counts
+    when the prompt is new. ``evictions`` counts the prompts dropped so far. ``state_dict`` /
+    ``load_state_dict`` (JSON-serialisable) keep the entries in their recency order, so a resumed
+    run continues as an uninterrupted one.
+    """
+
+    def __init__(self, capacity: int = 100_000):
+        if not (is_int(capacity) and capacity >= 1):
+            raise ValueError(f"credit.length_reward.anchor_capacity must be an integer >= 1, got {capacity!r}")
+        self.capacity = int(capacity)
+        self.entries: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def resolve(
+        self, keys: Sequence[str], ins: torch.Tensor, sig: torch.Tensor, usable: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Anchors of G groups, in order (a prompt stored by an earlier group of the same call is found).
+
+        keys: G prompt keys; ins, sig: FloatTensor[G] the groups' own counts; usable: BoolTensor[G]
+        (False: the group has no non-empty rollout, nothing is stored and its anchor is 0)
+        -> (N_insig_ref (G,), N_sig_ref (G,), new (G,) bool: anchored by this call).
+        """
+        out = torch.zeros(len(keys), 2, dtype=torch.float64)
+        new = torch.zeros(len(keys), dtype=torch.bool)
+        own = torch.stack([ins.double(), sig.double()], dim=1).tolist()
+        ok = usable.tolist()
+        for g, key in enumerate(keys):  # a dict lookup per prompt: the store is keyed by strings
+            stored = self.entries.get(key)
+            if stored is not None:
+                self.entries.move_to_end(key)
+            elif ok[g]:
+                stored = self.entries[key] = (own[g][0], own[g][1])
+                new[g] = True
+                if len(self.entries) > self.capacity:
+                    self.entries.popitem(last=False)
+                    self.evictions += 1
+            if stored is not None:
+                out[g, 0], out[g, 1] = stored
+        return out[:, 0], out[:, 1], new
+
+    def metrics(self) -> dict[str, float]:
+        """``length_reward/anchor_prompts/count`` (stored now) and ``anchor_evictions/count`` (so far)."""
+        return {
+            "length_reward/anchor_prompts/count": float(len(self.entries)),
+            "length_reward/anchor_evictions/count": float(self.evictions),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "evictions": self.evictions,
+            "entries": [[k, ins, sig] for k, (ins, sig) in self.entries.items()],  # oldest first
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expected = {"capacity", "evictions", "entries"}
+        if set(state) != expected:
+            raise ValueError(
+                f"length reward anchor state: keys {sorted(state)}, expected {sorted(expected)} "
+                "(credit.length_reward.anchor=first_seen)"
+            )
+        entries = [(str(k), (float(i), float(s))) for k, i, s in state["entries"]]
+        dropped = max(0, len(entries) - self.capacity)  # a smaller capacity after resume: keep the newest
+        self.entries = OrderedDict(entries[dropped:])
+        self.evictions = int(state["evictions"]) + dropped
+
+
+def _group_first_rows(groups: GroupIndex) -> torch.Tensor:
+    """LongTensor[G]: the first row of each group."""
+    real = groups.group >= 0
+    rows = torch.arange(groups.group.shape[0])
+    first = torch.full((groups.num_groups,), groups.group.shape[0], dtype=torch.long)
+    return first.scatter_reduce_(0, groups.group[real], rows[real], reduce="amin")
+
+
+def first_seen_reference_counts(
+    n_insig: torch.Tensor,
+    n_sig: torch.Tensor,
+    nonempty: torch.Tensor,
+    groups: GroupIndex,
+    keys: Sequence[str],
+    anchors: PromptAnchors,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference counts from the first sight of each group's prompt (see :class:`PromptAnchors`).
+
+        own_g = mean over the non-empty rollouts of g of (N_insig, N_sig)   (correct or not)
+        N_ref_g = anchors[key_g] if key_g was seen before, else own_g (and it is stored)
+
+    keys: B prompt keys (:func:`prompt_keys`), equal within a group (ValueError naming the rollout
+    otherwise); padding rows are ignored. Groups without a non-empty rollout and padding rows get 0.
+    Shapes: n_insig, n_sig FloatTensor[B]; nonempty BoolTensor[B]; groups.group [B]
+            -> (N_insig_ref FloatTensor[B] float64, N_sig_ref FloatTensor[B] float64, new BoolTensor[G]).
+    """
+    g, G = groups.group, groups.num_groups
+    real = g >= 0
+    if len(keys) != g.shape[0]:
+        raise ValueError(f"{len(keys)} prompt keys for {g.shape[0]} rollouts")
+    zero = torch.zeros(g.shape[0], dtype=torch.float64)
+    if G == 0:
+        return zero, zero.clone(), torch.zeros(0, dtype=torch.bool)
+    first = _group_first_rows(groups)
+    codes = {k: c for c, k in enumerate(dict.fromkeys(keys))}
+    code = torch.tensor([codes[k] for k in keys], dtype=torch.long)
+    differs = real & (code != code[first[g.clamp_min(0)]])
+    if bool(differs.any()):
+        row = int(differs.nonzero()[0])
+        raise ValueError(
+            f"rollout {row}: its prompt differs from the rest of its group (uid); "
+            "credit.length_reward.anchor=first_seen keeps anchors per prompt"
+        )
+    use = real & nonempty
+    idx = g[use]
+    n = group_sum(torch.ones(idx.shape[0], dtype=torch.float64), idx, G)
+    own_ins = group_sum(n_insig[use].double(), idx, G) / n.clamp_min(1)
+    own_sig = group_sum(n_sig[use].double(), idx, G) / n.clamp_min(1)
+    # groups in order of first appearance in the batch: of two new groups with one prompt, the first anchors it
+    order = first.argsort()
+    ins_o, sig_o, new_o = anchors.resolve(
+        [keys[i] for i in first[order].tolist()], own_ins[order], own_sig[order], (n > 0)[order]
+    )
+    ref_ins, ref_sig, new = (torch.empty_like(t).scatter_(0, order, t) for t in (ins_o, sig_o, new_o))
+    gi = g.clamp_min(0)
+    return torch.where(real, ref_ins[gi], zero), torch.where(real, ref_sig[gi], zero), new
+
+
+def first_seen_reference_counts_loop(
+    n_insig: torch.Tensor,
+    n_sig: torch.Tensor,
+    nonempty: torch.Tensor,
+    uids: Sequence[str],
+    keys: Sequence[str],
+    store: dict[str, tuple[float, float]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference loop for :func:`first_seen_reference_counts` with an unbounded dict ``store``
+    (key -> (N_insig_ref, N_sig_ref)), updated in place; groups in order of first appearance."""
+    ref_ins = torch.zeros(len(uids), dtype=torch.float64)
+    ref_sig = torch.zeros(len(uids), dtype=torch.float64)
+    members: dict[str, list[int]] = {}
+    for i, uid in enumerate(uids):
+        if not uid.startswith(PADDING_UID_PREFIX):
+            members.setdefault(uid, []).append(i)
+    for rows in members.values():
+        key = keys[rows[0]]
+        usable = [i for i in rows if bool(nonempty[i])]
+        if key not in store and usable:
+            store[key] = (
+                sum(float(n_insig[i]) for i in usable) / len(usable),
+                sum(float(n_sig[i]) for i in usable) / len(usable),
+            )
+        if key in store:
+            ref_ins[rows], ref_sig[rows] = store[key]
+    return ref_ins, ref_sig
+
+
 def significance_ratios(
     n_insig: torch.Tensor, n_sig: torch.Tensor, ref_insig: torch.Tensor, ref_sig: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -533,7 +752,8 @@ class LengthRewardResult:
     normalized [B, T] float64 (s^, 0 at masked positions); insignificant [B, T] bool;
     n_insig, n_sig, ref_insig, ref_sig, r_ins, r_sig, shaping [B] float64; lengths [B] float64;
     correct, nonempty, real [B] bool (real = not a padding row); outcome [B] float64 (raw r_i);
-    shaped_rm_scores [B, T] (dtype of rm_scores); lambda_dyn float.
+    shaped_rm_scores [B, T] (dtype of rm_scores); lambda_dyn float; anchor: "first_seen" or "group";
+    new_anchors: prompts anchored by this call (first_seen).
     """
 
     normalized: torch.Tensor
@@ -552,6 +772,8 @@ class LengthRewardResult:
     outcome: torch.Tensor
     shaped_rm_scores: torch.Tensor
     lambda_dyn: float
+    anchor: str = "group"
+    new_anchors: int = 0
 
 
 def compute_length_reward(
@@ -564,12 +786,17 @@ def compute_length_reward(
     *,
     correct_threshold: float = 0.0,
     normalize: bool = True,
+    anchors: PromptAnchors | None = None,
+    prompt_keys: Sequence[str] | None = None,
 ) -> LengthRewardResult:
     """The whole shaping for one batch, from raw significance scores to shaped ``rm_scores``.
 
     significance: FloatTensor[B, T], a scorer's output (see :func:`run_scorer`).
     rm_scores: FloatTensor[B, T], verl's outcome reward on the last valid token (checked finite).
     normalize: min-max normalise ``significance`` per response (the scorer's declaration).
+    anchors, prompt_keys: with ``config.anchor == "first_seen"``, the run's anchor store (updated in
+        place) and B prompt keys (:func:`prompt_keys`). None: a fresh store (every prompt seen for the
+        first time) and the uid as the key, e.g. for a one-off batch.
     Shapes: [B, T] inputs, groups.group [B] -> LengthRewardResult.
     """
     if not (significance.shape == rm_scores.shape == response_mask.shape):
@@ -592,7 +819,16 @@ def compute_length_reward(
     correct = outcome > correct_threshold
     norm = minmax_normalize(significance, response_mask) if normalize else significance.double() * valid
     n_insig, n_sig, insignificant = significance_counts(norm, response_mask, config.threshold)
-    ref_ins, ref_sig = group_reference_counts(n_insig, n_sig, correct, nonempty, groups)
+    new_anchors = 0
+    if config.anchor == "first_seen":
+        anchors = PromptAnchors(config.anchor_capacity) if anchors is None else anchors
+        keys = prompt_keys
+        if keys is None:  # one-off batch: each group its own prompt
+            keys = [groups.uids[i] if i >= 0 else "" for i in groups.group.tolist()]
+        ref_ins, ref_sig, new = first_seen_reference_counts(n_insig, n_sig, nonempty, groups, keys, anchors)
+        new_anchors = int(new.sum())
+    else:
+        ref_ins, ref_sig = group_reference_counts(n_insig, n_sig, correct, nonempty, groups)
     r_ins, r_sig = significance_ratios(n_insig, n_sig, ref_ins, ref_sig)
     shaping = length_reward_shaping(
         r_ins,
@@ -621,6 +857,8 @@ def compute_length_reward(
         outcome=outcome,
         shaped_rm_scores=add_on_last_token(rm_scores, response_mask, shaping),
         lambda_dyn=float(lambda_dyn),
+        anchor=config.anchor,
+        new_anchors=new_anchors,
     )
 
 
@@ -637,6 +875,8 @@ def length_reward_metrics(result: LengthRewardResult) -> dict[str, float]:
         "length_reward/raw_score/mean": _mean(result.outcome, result.real),
         "length_reward/shaped_score/mean": _mean(result.outcome + result.shaping, result.real),
     }
+    if result.anchor == "first_seen":
+        out["length_reward/anchor_new_prompts/count"] = float(result.new_anchors)
     if ne.any():
         length = result.lengths.clamp_min(1)
         out.update(

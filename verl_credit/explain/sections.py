@@ -97,6 +97,15 @@ class Workspace:
         ro = self.rollouts
         return [answer_ids(self.tokenizer, template, ro.problems[k].ground_truth) for k in ro.problem_of]
 
+    def reference_answers(self, template: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(ids, is_answer) per rollout: :meth:`answer_ids` and which of those tokens are the
+        answer's own (``scoring.reference_answer``; the template around it is context)."""
+        from verl_credit.scoring import reference_answer
+
+        ro = self.rollouts
+        pairs = [reference_answer(self.tokenizer, template, ro.problems[k].ground_truth) for k in ro.problem_of]
+        return [ids for ids, _ in pairs], [mark for _, mark in pairs]
+
     def span_scores(self, rows: list[int]):
         """``scoring.score_spans`` of ``rows`` with the run's ``credit.counterfactual`` (gold answers
         teacher-forced when ``answer_source=gold``, as the trainer's stage does)."""
@@ -479,9 +488,16 @@ def variance_view(ws: Workspace) -> Section:
 
     params = ws.credit.variance
     ro = ws.rollouts
-    refs = ws.answer_ids(params.answer_template)
+    refs, marks = ws.reference_answers(params.answer_template)
     logprobs, mask, forward = score_reference(
-        ws.tokenizer, ws.score_fn, ro.prompts, ro.responses, refs, list(range(len(ro))), ws.ctx.config.counterfactual
+        ws.tokenizer,
+        ws.score_fn,
+        ro.prompts,
+        ro.responses,
+        refs,
+        list(range(len(ro))),
+        ws.ctx.config.counterfactual,
+        answer_masks=marks,
     )
     batch = ws.batch({"credit_ref_logprobs": logprobs, "credit_ref_mask": mask})
     out = compute_advantages("variance_weighted", batch, ws.ctx)
@@ -491,10 +507,12 @@ def variance_view(ws: Workspace) -> Section:
     strips, ref_data = [], {}
     for g, uid in enumerate(groups.uids):
         first = int((groups.group == g).nonzero()[0])
-        J = int(mask[first].sum())
+        J = int(refs[first].numel())  # every teacher-forced token; the template's are context (sigma 0)
+        scored = marks[first].tolist()
         pieces = token_pieces(ws.tokenizer, refs[first].tolist())[:J]
         ref_data[uid] = {
             "tokens": pieces,
+            "scored": scored,
             "sigma": [round(float(v), 6) for v in sigma[g, :J]],
             "weights": [round(float(v), 6) for v in weights[g, :J]],
         }
@@ -504,7 +522,12 @@ def variance_view(ws: Workspace) -> Section:
                 + ("" if bool(out.diagnostics["sigma"][g].abs().sum() > 0) else " (no contrast: R3 = 0)"),
                 pieces,
                 [float(v) for v in weights[g, :J]],
-                [f"sigma {float(sigma[g, j]):.4f}, weight {float(weights[g, j]):.3f}" for j in range(J)],
+                [
+                    f"sigma {float(sigma[g, j]):.4f}, weight {float(weights[g, j]):.3f}"
+                    if scored[j]
+                    else "template: context, not scored"
+                    for j in range(J)
+                ],
                 center=1.0 if params.weighting == "linear" else 0.5,
             )
         )
@@ -525,10 +548,19 @@ def variance_view(ws: Workspace) -> Section:
         title="Variance-weighted reward (DRO's R3)",
         paper="Xu et al., arXiv 2506.13351; algorithm.adv_estimator=variance_weighted",
         description=(
-            f"The reference answer ({params.answer_template!r}) is teacher-forced after each solution's reasoning. "
-            "Reference tokens whose log-probability varies across the group's solutions (high sigma) reflect the "
-            f"reasoning and carry the weight ({params.weighting}). R3 is the weighted mean log-probability; "
-            f"r' = r + {params.r3_coef} * zscore(R3) feeds GRPO, so even all-correct or all-wrong groups get a signal."
+            f"The reference answer ({params.answer_template!r}) is teacher-forced after each solution's reasoning; "
+            "only the answer's own tokens are scored (the template is context). "
+            "Answer tokens whose log-probability varies across the group's solutions (high sigma) reflect the "
+            f"reasoning and carry the weight ({params.weighting}). R3 is the weighted mean log-probability. "
+            + (
+                "Shaping within_class: R3 is z-scored inside each outcome class and bounded by "
+                f"{params.r3_coef} x half the gap between the correct and the wrong rewards of the group, so it "
+                "reorders solutions inside a class, never a wrong one above a correct one; all-correct or all-wrong "
+                "groups still get a signal."
+                if params.shaping == "within_class"
+                else f"r' = r + {params.r3_coef} * zscore(R3) (shaping unbounded) feeds GRPO, so even all-correct or "
+                "all-wrong groups get a signal."
+            )
         ),
         views=[TokenView("variance-weighted advantage (GRPO on r')", out.advantages, "A")],
         strips=strips,
@@ -625,8 +657,14 @@ def length_reward_view(ws: Workspace) -> Section:
             f"Token significance from the '{lr.scorer}' scorer"
             + (", min-max normalised per solution" if scorer.normalize else " (already in [0, 1])")
             + f"; below "
-            f"{lr.threshold} a token is insignificant (red). The group's correct solutions give the reference "
-            f"counts; a correct solution gains up to {lr.lambda_c} when it has fewer insignificant tokens than the "
+            f"{lr.threshold} a token is insignificant (red). "
+            + (
+                "The reference counts are each prompt's first-seen anchor (anchor=first_seen): here, the first "
+                "sight, the mean over all of the group's solutions, kept for later visits in training; "
+                if lr.anchor == "first_seen"
+                else "The group's correct solutions give the reference counts (anchor=group); "
+            )
+            + f"a correct solution gains up to {lr.lambda_c} when it has fewer insignificant tokens than the "
             f"reference, a wrong one loses up to {lr.lambda_wn} + {lr.lambda_we} (lambda_dyn = {lambda_dyn:.3f} "
             "at step 0)."
         ),

@@ -32,7 +32,7 @@ from verl_credit.core.groups import contrast_rows, multi_rollout_rows
 from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
 from verl_credit.gym.task import Problem, grade, token_labels
 from verl_credit.registry import compute_advantages, get_estimator
-from verl_credit.scoring import answer_ids, hf_scorer, score_reference, score_spans
+from verl_credit.scoring import hf_scorer, reference_answer, score_reference, score_spans
 from verl_credit.weighting import STAGE_FIELDS, apply_counterfactual_weights
 
 __all__ = ["Method", "parse_method", "Rollouts", "sample", "evaluate", "evaluate_sampled", "estimate"]
@@ -204,9 +204,11 @@ def estimate(
             batch.fields.update(zip(STAGE_FIELDS, (res.scores, res.spans, res.answer), strict=True))
     if "reference" in spec.stage:
         template = config.variance.answer_template
-        refs = [answer_ids(tokenizer, template, p.answer) for p in r.problems]
+        refs, marks = zip(*[reference_answer(tokenizer, template, p.answer) for p in r.problems], strict=True)
         rows = multi_rollout_rows(batch.groups).nonzero().flatten().tolist()
-        logprobs, mask, _ = score_reference(tokenizer, score_fn, prompts, responses, refs, rows, config.counterfactual)
+        logprobs, mask, _ = score_reference(
+            tokenizer, score_fn, prompts, responses, refs, rows, config.counterfactual, answer_masks=marks
+        )
         batch.fields.update(zip(REFERENCE_FIELDS, (logprobs, mask), strict=True))
     out = compute_advantages(spec, batch, ctx)
     if cf is not None:

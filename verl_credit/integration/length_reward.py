@@ -5,9 +5,12 @@
                            ``credit_raw_rm_scores``), log metrics, then ``super()``: every estimator
                            (verl's grpo/gae included, and the plugin's) reads the shaped reward.
     _save_checkpoint    -- after verl's save, write the lambda_dyn schedule state to
-                           ``global_step_<N>/credit_length_reward.json``.
-    _load_checkpoint    -- after verl's load, read it back (a warning says the schedule restarts
-                           when the file is absent, e.g. a checkpoint written without this option).
+                           ``global_step_<N>/credit_length_reward.json`` and, with
+                           ``credit.length_reward.anchor=first_seen``, the per-prompt anchors to
+                           ``global_step_<N>/credit_length_anchors.json``.
+    _load_checkpoint    -- after verl's load, read them back (a warning says the schedule restarts /
+                           prompts are anchored again when a file is absent, e.g. a checkpoint
+                           written without this option).
     validate_length_reward_run(config, credit)  -- start-up checks (called by validate_run_config).
     apply_length_reward(...)                     -- the shaping step on a TransferQueue batch.
 
@@ -33,10 +36,12 @@ from verl_credit.core.groups import group_index_from_uids
 from verl_credit.core.length_reward import (
     DynamicLambdaSchedule,
     LengthRewardResult,
+    PromptAnchors,
     ScorerInputs,
     SignificanceScorer,
     compute_length_reward,
     length_reward_metrics,
+    prompt_keys,
     resolve_scorer,
     run_scorer,
 )
@@ -44,6 +49,7 @@ from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
 from verl_credit.integration.verl_registry import require_plugin_trainer
 
 __all__ = [
+    "ANCHOR_FILE",
     "RAW_SCORES_FIELD",
     "STATE_FILE",
     "LengthRewardMixin",
@@ -55,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 RAW_SCORES_FIELD = "credit_raw_rm_scores"
 STATE_FILE = "credit_length_reward.json"
+ANCHOR_FILE = "credit_length_anchors.json"
 BASE_FIELDS = ("uid", "response_mask", "rm_scores")
 
 
@@ -84,13 +91,22 @@ def apply_length_reward(
     *,
     special_token_ids: tuple[int, ...] = (),
     tokenizer=None,
+    anchors: PromptAnchors | None = None,
 ) -> LengthRewardResult:
     """Fetch, shape, write back ``rm_scores`` (nested) and ``credit_raw_rm_scores``; returns the result.
 
-    Metrics go to ``metrics`` as ``credit/length_reward/<quantity>/<stat>``.
+    ``anchors``: the run's first-seen anchor store (``credit.length_reward.anchor=first_seen``,
+    updated in place; the rollouts' ``prompts`` are fetched to key it). Metrics go to ``metrics`` as
+    ``credit/length_reward/<quantity>/<stat>``.
     """
-    fields = list(dict.fromkeys([*BASE_FIELDS, *scorer.all_fields]))
+    first_seen = credit.length_reward.anchor == "first_seen"
+    fields = list(dict.fromkeys([*BASE_FIELDS, *scorer.all_fields, *(["prompts"] if first_seen else [])]))
     data = fetch(batch, fields, who=f"credit.length_reward.scorer={credit.length_reward.scorer}")
+    keys = None
+    if first_seen:
+        prompts = data["prompts"]
+        keys = prompt_keys(list(prompts.unbind()) if prompts.is_nested else list(prompts))
+        fields.remove("prompts")
     nested_mask = data["response_mask"]
     uids = uid_column(data)
     # the stage's per-rollout fields are not response-shaped: padded on their own
@@ -117,6 +133,8 @@ def apply_length_reward(
         lambda_dyn,
         correct_threshold=credit.correct_threshold,
         normalize=scorer.normalize,
+        anchors=anchors,
+        prompt_keys=keys,
     )
     output = {
         "rm_scores": response_to_nested(result.shaped_rm_scores, nested_mask),
@@ -147,6 +165,13 @@ class LengthRewardMixin:
             self._credit_length_schedule = schedule
         return schedule
 
+    def _length_reward_anchors(self) -> PromptAnchors:
+        anchors = self.__dict__.get("_credit_length_anchors")
+        if anchors is None:
+            anchors = PromptAnchors(self.credit_config.length_reward.anchor_capacity)
+            self._credit_length_anchors = anchors
+        return anchors
+
     def _length_reward_scorer(self) -> SignificanceScorer:
         scorer = self.__dict__.get("_credit_length_scorer")
         if scorer is None:
@@ -158,6 +183,8 @@ class LengthRewardMixin:
         if self.credit_config.length_reward.enabled:
             step = int(getattr(self, "global_steps", 0) or 0)
             schedule = self._length_reward_schedule()
+            first_seen = self.credit_config.length_reward.anchor == "first_seen"
+            anchors = self._length_reward_anchors() if first_seen else None
             result = apply_length_reward(
                 batch,
                 self.credit_config,
@@ -166,34 +193,69 @@ class LengthRewardMixin:
                 metrics,
                 special_token_ids=self._credit_context().special_token_ids,  # PluginAdvantageMixin
                 tokenizer=getattr(self, "tokenizer", None),
+                anchors=anchors,
             )
             schedule.observe(step, float(result.outcome[result.real].sum()), int(result.real.sum()))
             metrics.update({f"credit/{k}": v for k, v in schedule.metrics().items()})
+            if anchors is not None:
+                metrics.update({f"credit/{k}": v for k, v in anchors.metrics().items()})
             self.credit_length_reward_last = result
         return super()._compute_advantage(batch, metrics)
 
     def _save_checkpoint(self):
         super()._save_checkpoint()
-        if self.credit_config.length_reward.enabled:
+        lr = self.credit_config.length_reward
+        if lr.enabled:
             folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
             save_schedule_state(self._length_reward_schedule(), folder)
+            if lr.anchor == "first_seen":
+                save_anchor_state(self._length_reward_anchors(), folder)
 
     def _load_checkpoint(self):
         super()._load_checkpoint()
-        if not self.credit_config.length_reward.enabled or not self.global_steps:
+        lr = self.credit_config.length_reward
+        if not lr.enabled or not self.global_steps:
             return  # training from scratch
-        load_schedule_state(self._length_reward_schedule(), _resumed_folder(self.config, self.global_steps))
+        folder = _resumed_folder(self.config, self.global_steps)
+        load_schedule_state(self._length_reward_schedule(), folder)
+        if lr.anchor == "first_seen":
+            load_anchor_state(self._length_reward_anchors(), folder)
+
+
+def _write_json(state: dict, folder: str, name: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+    return path
 
 
 def save_schedule_state(schedule: DynamicLambdaSchedule, folder: str) -> str:
     """Write ``schedule.state_dict()`` as JSON into ``folder``; returns the file path."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, STATE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(schedule.state_dict(), f)
-    os.replace(tmp, path)
-    return path
+    return _write_json(schedule.state_dict(), folder, STATE_FILE)
+
+
+def save_anchor_state(anchors: PromptAnchors, folder: str) -> str:
+    """Write ``anchors.state_dict()`` (first-seen reference counts per prompt) as JSON into ``folder``."""
+    return _write_json(anchors.state_dict(), folder, ANCHOR_FILE)
+
+
+def load_anchor_state(anchors: PromptAnchors, folder: str) -> bool:
+    """Load the anchors saved in ``folder``; False (and a warning) when there are none."""
+    path = os.path.join(folder, ANCHOR_FILE)
+    if not os.path.exists(path):
+        logger.warning(
+            "credit.length_reward: no anchor state at %s; every prompt is anchored again (anchor=first_seen) "
+            "on its next sight, by the policy of that time",
+            path,
+        )
+        return False
+    with open(path) as f:
+        anchors.load_state_dict(json.load(f))
+    logger.info("credit.length_reward: %d prompt anchors restored from %s", len(anchors), path)
+    return True
 
 
 def load_schedule_state(schedule: DynamicLambdaSchedule, folder: str) -> bool:

@@ -26,7 +26,7 @@ from verl.single_controller.base.decorator import make_nd_compute_dataproto_disp
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from verl_credit.scoring import CounterfactualConfig, answer_ids, score_reference, score_spans
+from verl_credit.scoring import CounterfactualConfig, reference_answer, score_reference, score_spans
 from verl_credit.spans import ResponseSpans, SpanParams, find_spans
 
 __all__ = [
@@ -69,24 +69,29 @@ def _request(data: TensorDict, key: str, n: int) -> torch.Tensor:
     return (value.to_padded_tensor(0) if value.is_nested else value).reshape(n, -1)[:, 0].bool()
 
 
-def reference_ids(tokenizer, reward_model, template: str, row: int) -> torch.Tensor:
-    """Token ids of ``template`` filled with ``reward_model["ground_truth"]``; ValueError if missing."""
+def reference_ids(tokenizer, reward_model, template: str, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, is_answer) of ``template`` filled with ``reward_model["ground_truth"]``
+    (``scoring.reference_answer``: is_answer marks the answer's own tokens); ValueError if missing."""
     truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
     if truth is None or (isinstance(truth, str) and not truth.strip()):
         raise ValueError(
             f"rollout {row}: field 'reward_model.ground_truth' is missing or empty; the variance-weighted "
             "reward and credit.counterfactual.answer_source=gold teacher-force the reference answer from the data"
         )
-    return answer_ids(tokenizer, template, truth)
+    return reference_answer(tokenizer, template, truth)
 
 
-def _references(data: TensorDict, tokenizer, rows: list[int], template: str, n: int) -> list[torch.Tensor]:
-    """Reference answer ids of ``rows`` (empty for the other rows), from ``reward_model.ground_truth``."""
+def _references(
+    data: TensorDict, tokenizer, rows: list[int], template: str, n: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Reference answer ids of ``rows`` and their is-answer masks (empty for the other rows), from
+    ``reward_model.ground_truth``."""
     models = data.get("reward_model").tolist() if rows else []
     refs = [torch.zeros(0, dtype=torch.long)] * n
+    marks = [torch.zeros(0, dtype=torch.bool)] * n
     for row in rows:
-        refs[row] = reference_ids(tokenizer, models[row], template, row)
-    return refs
+        refs[row], marks[row] = reference_ids(tokenizer, models[row], template, row)
+    return refs, marks
 
 
 def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict:
@@ -95,7 +100,7 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
     Reads ``prompts``, ``responses``, ``response_mask`` (nested or padded) and, per product,
     ``credit_cf_request`` / ``credit_ref_request`` and ``reward_model``. Writes
     counterfactual: credit_cf_scores (n, S+1), credit_cf_spans (n, S, 2), credit_cf_answer (n, 2);
-    reference: credit_ref_logprobs (n, J), credit_ref_mask (n, J);
+    reference: credit_ref_logprobs (n, J), credit_ref_mask (n, J) (1 on the answer's own tokens, not the template);
     credit_stage_tokens (n, 2) = (forward tokens, naive tokens), attributed to the shard's first row.
     """
     n = data.batch_size[0]
@@ -117,15 +122,19 @@ def stage_rows(data: TensorDict, tokenizer, score_fn, stage: dict) -> TensorDict
     if stage.get("counterfactual") is not None:
         config = CounterfactualConfig(**stage["counterfactual"])
         rows = _request(data, "credit_cf_request", n).nonzero().flatten().tolist()
-        gold = _references(data, tokenizer, rows, config.gold_template, n) if config.answer_source == "gold" else None
+        gold = None
+        if config.answer_source == "gold":
+            gold, _ = _references(data, tokenizer, rows, config.gold_template, n)
         res = score_spans(tokenizer, score_fn, prompts, responses, config, rows=rows, gold_answers=gold, spans=spans)
         out.update(credit_cf_scores=res.scores, credit_cf_spans=res.spans, credit_cf_answer=res.answer)
         if n:
             tokens[0] += torch.tensor([res.forward_tokens, res.naive_tokens])
     if stage.get("reference") is not None:
         rows = _request(data, "credit_ref_request", n).nonzero().flatten().tolist()
-        refs = _references(data, tokenizer, rows, stage["reference"]["answer_template"], n)
-        logprobs, mask, forward = score_reference(tokenizer, score_fn, prompts, responses, refs, rows, spans=spans)
+        refs, marks = _references(data, tokenizer, rows, stage["reference"]["answer_template"], n)
+        logprobs, mask, forward = score_reference(
+            tokenizer, score_fn, prompts, responses, refs, rows, spans=spans, answer_masks=marks
+        )
         out.update(credit_ref_logprobs=logprobs, credit_ref_mask=mask)
         if n:
             naive = sum(prompts[r].numel() + responses[r].numel() for r in rows)
