@@ -29,7 +29,14 @@ from verl_credit.core.groups import group_outcome_advantage_loop
 from verl_credit.core.ktae import KTAEParams, ktae_advantages_loop
 from verl_credit.core.variance import VarianceParams, r3_rewards_loop
 from verl_credit.cpu.smoke import build_workspace, run, smoke_overrides
-from verl_credit.scoring import CounterfactualConfig, answer_ids, hf_scorer, score_reference, score_spans
+from verl_credit.scoring import (
+    CounterfactualConfig,
+    answer_ids,
+    hf_scorer,
+    reference_answer,
+    score_reference,
+    score_spans,
+)
 from verl_credit.spans import find_spans
 
 pytestmark = pytest.mark.timeout(900)
@@ -232,11 +239,12 @@ def test_variance_weighted_real_steps(ws, tmp_path, tiny):
     d = dumps[0]
     keep, *_ = _real(d)
     prompts, responses = _prompts_and_responses(d, keep)
-    refs = [answer_ids(tok, params.answer_template, t) for t in _truths(ws, tok, prompts)]
+    pairs = [reference_answer(tok, params.answer_template, t) for t in _truths(ws, tok, prompts)]
+    refs, marks = [ids for ids, _ in pairs], [m for _, m in pairs]
     rows = d["stage"]["credit_ref_request"][keep].flatten().nonzero().flatten().tolist()
     spans = find_spans(tok, [r.tolist() for r in responses], CounterfactualConfig())
     logprobs, ref_mask, _ = score_reference(
-        tok, hf_scorer(model, tok.pad_token_id), prompts, responses, refs, rows, spans=spans
+        tok, hf_scorer(model, tok.pad_token_id), prompts, responses, refs, rows, spans=spans, answer_masks=marks
     )
     J = logprobs.shape[1]
     torch.testing.assert_close(d["stage"]["credit_ref_mask"][keep][:, :J].long(), ref_mask.long())
