@@ -58,10 +58,10 @@ def main(argv=None) -> int:
         steps = [r["timing_s/step"] for r in result.steps]
         stage = [r.get("timing_s/credit_scoring_stage", 0.0) for r in result.steps]
         share = ", ".join(f"{s:.2f} ({s / t:.0%})" for s, t in zip(stage, steps, strict=True)) if any(stage) else "-"
-        ratio = [
+        ratio = [  # steps where the stage forwarded something (a step with no contrast scores nothing)
             r["credit/stage/forward_tokens_vs_naive/ratio"]
             for r in result.steps
-            if "credit/stage/forward_tokens_vs_naive/ratio" in r
+            if r.get("credit/stage/forward_tokens/count", 0) > 0
         ]
         print(
             f"{name:<20} {result.wall_s:7.1f}  {', '.join(f'{t:.1f}' for t in steps):<22} {share:<28} "
