@@ -32,7 +32,7 @@ come from that arithmetic: ``fisher="authors"`` (default) reproduces it
 (``verl_credit.core.fisher.fisher_authors``, one x grid per group as wide as its largest
 min(a+b, C) + 1), ``fisher="exact"`` uses exact p-values (``fisher_exact_two_sided``, scipy's
 definition). On Zipf batches of 8 groups x 16 x 1024 tokens the two differ on a quarter to a third
-of the valid tokens, by up to ~0.8 in A (the README gives the measured figures).
+of the valid tokens, by up to ~0.8 in A (docs/ktae.md gives the measured figures).
 
 Remaining differences from the authors' code (below 1e-5 on A, tested on their outputs in
 tests/core/data): the rest of K in float64 instead of float32, a/C instead of a/(C + 1e-10); a class

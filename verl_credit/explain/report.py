@@ -125,7 +125,7 @@ def _meta(result) -> str:
         ],
         ["grading", result.grading],
         ["estimators", ", ".join(s.key for s in result.sections)],
-        ["credit options", json.dumps(cfg.credit) if cfg.credit else "defaults (see README, config reference)"],
+        ["credit options", json.dumps(cfg.credit) if cfg.credit else "defaults (see docs/configuration.md)"],
         ["time", ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())],
         ["versions", ", ".join(versions)],
     ]
