@@ -87,3 +87,23 @@ def test_cli_parser_does_not_import_verl():
         "print(json.dumps({'verl': 'verl' in sys.modules}))"
     )
     assert out == {"verl": False}
+
+
+def test_doctor_explains_a_checkout_folder_shadowing_the_package(tmp_path):
+    """Started from the parent of a checkout named ``verl_credit``, ``import verl_credit`` finds that
+    folder as a namespace package; doctor names the folder and the fix instead of an AttributeError."""
+    import subprocess
+    import sys
+
+    (tmp_path / "verl_credit" / "verl_credit").mkdir(parents=True)  # a checkout named verl_credit
+    code = "import sys; from verl_credit.cli import main; sys.exit(main(['doctor']))"
+    # the CLI is imported from the installed package; the probe (python -c) then runs in tmp_path
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import os, sys; sys.path.remove(''); os.chdir({str(tmp_path)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"finds the folder {tmp_path / 'verl_credit'}" in proc.stdout
+    assert "Run from another folder" in proc.stdout

@@ -17,8 +17,16 @@ import sys
 
 # Runs in a fresh interpreter: verl must be imported first, exactly as a training process does.
 _PROBE = r"""
-import json, os, sys
+import importlib.util, json, os, sys
 report = {"errors": [], "plugins_policy": os.environ.get("VERL_USE_EXTERNAL_PLUGINS")}
+spec = importlib.util.find_spec("verl_credit")
+if spec is not None and spec.origin is None and spec.submodule_search_locations:  # a namespace package
+    where = ", ".join(spec.submodule_search_locations)
+    print(json.dumps({"errors": [
+        f"`import verl_credit` finds the folder {where}, not the installed package: Python was started in a "
+        "folder that holds a folder named verl_credit without an __init__.py (e.g. the parent of a checkout "
+        "named verl_credit). Run from another folder (cd into the checkout, or anywhere else), or rename that folder"
+    ]})); sys.exit(0)
 try:
     import verl
     report["verl_version"] = verl.__version__
