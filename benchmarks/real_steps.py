@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from verl_credit.cpu.smoke import build_workspace, run, smoke_overrides
+from verl_credit.cpu.smoke import COMBINED_FEATURES, build_workspace, run, smoke_overrides
 
 CONFIGS = {
     "grpo": ("grpo", [], {}),
@@ -23,18 +23,7 @@ CONFIGS = {
     "counterfactual": ("counterfactual", ["credit.counterfactual.answer_source=gold"], {}),
     "counterfactual_dp2": ("counterfactual", ["credit.counterfactual.answer_source=gold"], {"dp": 2}),
     "variance_weighted": ("variance_weighted", [], {}),
-    "combined": (
-        "ktae",
-        [
-            "credit.token_weighting=counterfactual",
-            "credit.length_reward.enabled=true",
-            "credit.length_reward.scorer=counterfactual",
-            "credit.batching.query_preserved=true",
-            "credit.batching.reward_balanced.enabled=true",
-            "credit.diagnostics.token_flip_every=1",
-        ],
-        {"remove_padding": True},
-    ),
+    "combined": ("ktae", list(COMBINED_FEATURES), {"remove_padding": True}),
 }
 
 

@@ -71,3 +71,8 @@ def import_modules(modules: Iterable[str], flag: str = "--import") -> None:
                     f"{flag} {module}: no module named {err.name!r} (is it installed, or on PYTHONPATH?)"
                 ) from None
             raise  # the user's module itself failed to import something: its traceback is what helps
+
+
+def add_import_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--import MODULE ...`` (spaces or commas, repeatable) into ``args.imports``; see :func:`import_modules`."""
+    parser.add_argument("--import", dest="imports", nargs="+", action="extend", default=[], metavar="MODULE", help=help)

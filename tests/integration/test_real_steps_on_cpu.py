@@ -28,7 +28,7 @@ from verl_credit.core.counterfactual import span_importance, token_weights_loop
 from verl_credit.core.groups import group_outcome_advantage_loop
 from verl_credit.core.ktae import KTAEParams, ktae_advantages_loop
 from verl_credit.core.variance import VarianceParams, r3_rewards_loop
-from verl_credit.cpu.smoke import build_workspace, run, smoke_overrides
+from verl_credit.cpu.smoke import COMBINED_FEATURES, build_workspace, run, smoke_overrides
 from verl_credit.scoring import (
     CounterfactualConfig,
     answer_ids,
@@ -262,12 +262,7 @@ def test_combined_features_real_steps(ws, tmp_path):
         ws,
         tmp_path,
         "ktae",
-        "credit.token_weighting=counterfactual",
-        "credit.length_reward.enabled=true",
-        "credit.length_reward.scorer=counterfactual",
-        "credit.batching.query_preserved=true",
-        "credit.batching.reward_balanced.enabled=true",
-        "credit.diagnostics.token_flip_every=1",
+        *COMBINED_FEATURES,
         steps=2,
         remove_padding=True,
     )

@@ -43,6 +43,17 @@ CORPUS = [
 ] * 10
 
 
+# every credit feature at once over ktae (the real-step tests' and the benchmark's "combined" run)
+COMBINED_FEATURES = (
+    "credit.token_weighting=counterfactual",
+    "credit.length_reward.enabled=true",
+    "credit.length_reward.scorer=counterfactual",
+    "credit.batching.query_preserved=true",
+    "credit.batching.reward_balanced.enabled=true",
+    "credit.diagnostics.token_flip_every=1",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Workspace:
     root: Path

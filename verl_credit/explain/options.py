@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from verl_credit.cli_args import name_list, positive_int, usage_exit
+from verl_credit.cli_args import add_import_argument, name_list, positive_int, usage_exit
 
 __all__ = ["ExplainConfig", "add_arguments", "config_from_args", "parse_set_options"]
 
@@ -142,15 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="credit views, separated by spaces or commas (default: all available; see the report's list)",
     )
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="MODULE",
-        help="modules to import first: they register your own estimators and report views",
-    )
+    add_import_argument(parser, "modules to import first: they register your own estimators and report views")
     parser.add_argument("--out", default=d.out_dir, help="output folder (%(default)s)")
     parser.add_argument("--threads", type=positive_int, default=d.threads, help="torch CPU threads (%(default)s)")
     parser.add_argument(

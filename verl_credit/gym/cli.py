@@ -17,7 +17,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from verl_credit.cli_args import UsageError, import_modules, name_list, positive_int, usage_exit
+from verl_credit.cli_args import UsageError, add_import_argument, import_modules, name_list, positive_int, usage_exit
 
 __all__ = ["add_arguments", "check_args", "run", "DEFAULT_METHODS"]
 
@@ -47,15 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "counterfactual modes counterfactual|uniform|random|inverted; +qp query-preserved, +rb reward-balanced "
         f"batching (default: {' '.join(DEFAULT_METHODS)})",
     )
-    p.add_argument(
-        "--import",
-        dest="imports",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="MODULE",
-        help="modules to import first (your estimators), separated by spaces or commas",
-    )
+    add_import_argument(p, "modules to import first (your estimators), separated by spaces or commas")
     p.add_argument("--seeds", type=positive_int, default=None, help="RL seeds per method (default 3, quick 1)")
     p.add_argument("--steps", type=positive_int, default=None, help="RL steps per run (default 60, quick 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the task, the warm start and the credit sample")
