@@ -497,17 +497,22 @@ def group_reference_counts(
     return torch.where(real, ref_ins[gi], zero), torch.where(real, ref_sig[gi], zero)
 
 
+def _members_loop(uids: Sequence[str]) -> dict[str, list[int]]:
+    """Rows of each real group, in order of first appearance (for the loop references)."""
+    members: dict[str, list[int]] = {}
+    for i, uid in enumerate(uids):
+        if not uid.startswith(PADDING_UID_PREFIX):
+            members.setdefault(uid, []).append(i)
+    return members
+
+
 def group_reference_counts_loop(
     n_insig: torch.Tensor, n_sig: torch.Tensor, correct: torch.Tensor, nonempty: torch.Tensor, uids: Sequence[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference loop for :func:`group_reference_counts` (one Python iteration per group)."""
     ref_ins = torch.zeros(len(uids), dtype=torch.float64)
     ref_sig = torch.zeros(len(uids), dtype=torch.float64)
-    members: dict[str, list[int]] = {}
-    for i, uid in enumerate(uids):
-        if not uid.startswith(PADDING_UID_PREFIX):
-            members.setdefault(uid, []).append(i)
-    for rows in members.values():
+    for rows in _members_loop(uids).values():
         usable = [i for i in rows if bool(nonempty[i])]
         reference = [i for i in usable if bool(correct[i])] or usable
         if not reference:
@@ -671,11 +676,7 @@ def first_seen_reference_counts_loop(
     (key -> (N_insig_ref, N_sig_ref)), updated in place; groups in order of first appearance."""
     ref_ins = torch.zeros(len(uids), dtype=torch.float64)
     ref_sig = torch.zeros(len(uids), dtype=torch.float64)
-    members: dict[str, list[int]] = {}
-    for i, uid in enumerate(uids):
-        if not uid.startswith(PADDING_UID_PREFIX):
-            members.setdefault(uid, []).append(i)
-    for rows in members.values():
+    for rows in _members_loop(uids).values():
         key = keys[rows[0]]
         usable = [i for i in rows if bool(nonempty[i])]
         if key not in store and usable:
