@@ -242,44 +242,29 @@ def save_anchor_state(anchors: PromptAnchors, folder: str) -> str:
     return _write_json(anchors.state_dict(), folder, ANCHOR_FILE)
 
 
-def _read_json(folder: str, name: str, what: str, consequence: str) -> dict | None:
-    """The JSON state ``name`` saved in ``folder``, or None (and a warning saying ``consequence``)."""
+def _load_json_state(target, folder: str, name: str, what: str, consequence: str) -> bool:
+    """``target.load_state_dict`` from the JSON file ``name`` in ``folder``; False (and a warning
+    saying ``consequence``) when there is none."""
     path = os.path.join(folder, name)
     if not os.path.exists(path):
         logger.warning("credit.length_reward: no %s at %s; %s", what, path, consequence)
-        return None
+        return False
     with open(path) as f:
-        return json.load(f)
+        target.load_state_dict(json.load(f))
+    logger.info("credit.length_reward: %s restored from %s", what, path)
+    return True
 
 
 def load_anchor_state(anchors: PromptAnchors, folder: str) -> bool:
     """Load the anchors saved in ``folder``; False (and a warning) when there are none."""
-    state = _read_json(
-        folder,
-        ANCHOR_FILE,
-        "anchor state",
-        "every prompt is anchored again (anchor=first_seen) on its next sight, by the policy of that time",
-    )
-    if state is None:
-        return False
-    anchors.load_state_dict(state)
-    logger.info("credit.length_reward: %d prompt anchors restored from %s", len(anchors), folder)
-    return True
+    consequence = "every prompt is anchored again (anchor=first_seen) on its next sight, by the policy of that time"
+    return _load_json_state(anchors, folder, ANCHOR_FILE, "anchor state", consequence)
 
 
 def load_schedule_state(schedule: DynamicLambdaSchedule, folder: str) -> bool:
     """Load the state saved in ``folder``; False (and a warning) when there is none."""
-    state = _read_json(
-        folder,
-        STATE_FILE,
-        "schedule state",
-        "lambda_dyn restarts from lambda_we/(pi/2) and the score slope is measured again from this step",
-    )
-    if state is None:
-        return False
-    schedule.load_state_dict(state)
-    logger.info("credit.length_reward: schedule state restored from %s (lambda_dyn %.4f)", folder, schedule.value)
-    return True
+    consequence = "lambda_dyn restarts from lambda_we/(pi/2) and the score slope is measured again from this step"
+    return _load_json_state(schedule, folder, STATE_FILE, "schedule state", consequence)
 
 
 def _resumed_folder(config, global_steps: int) -> str:
