@@ -176,8 +176,7 @@ def engine_scorer(actor, meta: dict):
         sequences, targets = list(sequences), targets.reshape(-1, 2)
         engine = getattr(actor, "engine", None)
         group = engine.get_data_parallel_group() if engine is not None else None
-        config = getattr(actor, "config", None)
-        engine_config = getattr(config, "engine_config", None)
+        engine_config = getattr(actor, "engine_config", None)  # TrainingWorker's resolved engine config
         fixed = engine_config is not None and not engine_config.use_dynamic_bsz
         multiple = int(engine_config.infer_micro_batch_size_per_gpu) if fixed else 1
         total = dp_padded_count(real, group, multiple)
