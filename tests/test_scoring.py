@@ -62,9 +62,9 @@ def test_only_requested_rows_and_duplicates_once(tiny):
     calls = []
     base = hf_scorer(model, tok.pad_token_id)
 
-    def counting(seqs, targets):
+    def counting(seqs, targets, groups=None):
         calls.append(len(seqs))
-        return base(seqs, targets)
+        return base(seqs, targets, groups)
 
     res = score_spans(tok, counting, prompts, responses, cfg, rows=[0, 2, 4])
     assert torch.equal(res.scores[4].nan_to_num(7.0), res.scores[0].nan_to_num(7.0))

@@ -4,22 +4,27 @@ Public API:
     CounterfactualConfig     -- the ``credit.counterfactual`` block (span, weight and scoring options).
     VariantBatch             -- sequences to score, their target ranges, and which rollout/span each is.
     build_variants(...)      -- original + one variant per span for each rollout to score.
-    hf_scorer(model, ...)    -- a score function for any Hugging Face causal LM (CPU demo, tests).
+    HFScorer / hf_scorer(model, ...) -- a score function for any Hugging Face causal LM (CPU demo, tests).
     SpanScores               -- per-rollout scores (B, S+1), spans (B, S, 2), answer (B, 2), costs.
     score_spans(...)         -- spans + variants + scoring + bookkeeping, for a batch of rollouts.
     reference_answer(...)    -- a reference answer's ids and which of them are the answer (not the template).
     score_reference(...)     -- per-token log-probs of a reference answer after each rollout's reasoning.
 
-A score function maps ``(sequences: list[LongTensor], targets: LongTensor[V, 2])`` to a list of V
-float tensors: log pi(x_t | x_<t) for t in [targets[v, 0], targets[v, 1]) of sequence v. The actor
-worker's version runs verl's engine (``integration/worker.py``); :func:`hf_scorer` runs a plain
-transformers model. Both see the same variants.
+A score function maps ``(sequences: list[LongTensor], targets: LongTensor[V, 2], groups:
+LongTensor[V] | None)`` to a list of V float tensors: log pi(x_t | x_<t) for t in
+[targets[v, 0], targets[v, 1]) of sequence v. ``groups`` (``credit.counterfactual.scoring=tree``:
+the rollout of each variant) lets it score a rollout's original and variants in one tree-shaped
+forward (``verl_credit.tree``); None asks for one forward per sequence. A scorer that counts what it
+ran exposes ``forward_tokens`` (a running total); for plain functions the sequences' lengths are
+counted. The actor worker's scorers run verl's engine / the FSDP module (``integration/worker.py``);
+:class:`HFScorer` runs a plain transformers model. Both see the same variants and the same trees.
 
 Work avoided (reported in ``SpanScores``): rollouts not asked for (e.g. groups whose outcome
 advantages are all zero) are not scored; identical (prompt, response) pairs are scored once;
-every sequence is cut after its last target token; sequences are grouped by length so padding
-stays small. ``naive_tokens`` is the cost without any of this: (1 + K) forwards of the full
-prompt + response for every rollout given.
+every sequence is cut after its last target token; a variant's prefix shared with its original is
+computed once (tree scoring); sequences are grouped by length so padding stays small.
+``naive_tokens`` is the cost without any of this: (1 + K) forwards of the full prompt + response
+for every requested rollout that has something to score (an answer, or a gold answer).
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ import torch
 from verl_credit.core.checks import is_int
 from verl_credit.core.counterfactual import WeightParams
 from verl_credit.spans import ResponseSpans, SpanParams, find_spans
+from verl_credit.tree import (
+    TREE_ATTENTION,
+    attention_implementation,
+    build_trees,
+    forward_trees,
+    kv_cache_logprobs,
+    pack_rows,
+)
 
 __all__ = [
     "CounterfactualConfig",
@@ -42,13 +55,16 @@ __all__ = [
     "duplicate_rows",
     "answer_ids",
     "reference_answer",
+    "HFScorer",
     "hf_scorer",
+    "SCORING_MODES",
     "SpanScores",
     "score_spans",
     "score_reference",
 ]
 
-ScoreFn = Callable[[list[torch.Tensor], torch.Tensor], list[torch.Tensor]]
+ScoreFn = Callable[..., list[torch.Tensor]]  # (sequences, targets, groups=None) -> list of V tensors
+SCORING_MODES = ("tree", "naive")
 
 
 @dataclass
@@ -62,13 +78,21 @@ class CounterfactualConfig(SpanParams, WeightParams):
         gold_template: how a reference answer is written after the reasoning. Default "#### {answer}".
         placeholder_token_id: token written over a masked span; None = the tokenizer's pad id,
             else its eos id.
-        max_batch_tokens: token budget (padding included) of one scoring micro-batch on the
-            transformers path. Default 4096.
+        scoring: "tree" (default) scores a rollout's original and its K variants in tree-shaped
+            forwards that compute the shared prefix once (``verl_credit.tree``; same numbers as
+            "naive" within float error); "naive" forwards each of the 1 + K sequences in full.
+        max_batch_tokens: token budget of one scoring forward (rows x width, padding included), on
+            the transformers path and for the workers' tree forwards; a tree row is at most this
+            long (a group that does not fit is cut into several rows), so a forward's attention
+            mask has at most max_batch_tokens^2 entries. Default 4096. The workers' naive path
+            uses verl's own micro-batching (``log_prob_micro_batch_size_per_gpu`` /
+            ``log_prob_max_token_len_per_gpu``).
     """
 
     answer_source: str = "own"
     gold_template: str = "#### {answer}"
     placeholder_token_id: int | None = None
+    scoring: str = "tree"
     max_batch_tokens: int = 4096
 
     def __post_init__(self):
@@ -76,6 +100,10 @@ class CounterfactualConfig(SpanParams, WeightParams):
         WeightParams.__post_init__(self)
         if self.answer_source not in ("own", "gold"):
             raise ValueError(f"credit.counterfactual.answer_source must be 'own' or 'gold', got {self.answer_source!r}")
+        if self.scoring not in SCORING_MODES:
+            raise ValueError(
+                f"credit.counterfactual.scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}"
+            )
         if "{answer}" not in self.gold_template:
             raise ValueError("credit.counterfactual.gold_template must contain '{answer}'")
         if not (is_int(self.max_batch_tokens) and self.max_batch_tokens >= 16):
@@ -211,21 +239,50 @@ def build_variants(
     )
 
 
-def hf_scorer(model, pad_id: int, max_batch_tokens: int = 4096) -> ScoreFn:
-    """Score function for a transformers causal LM: length-sorted, right-padded micro-batches."""
+class HFScorer:
+    """Score function over a transformers causal LM (no grad, fp32 log-softmax).
+
+    ``groups`` None: length-sorted, right-padded micro-batches of whole sequences (naive).
+    ``groups`` given: tree rows (:func:`verl_credit.tree.build_trees`, at most ``max_batch_tokens``
+    tokens each) packed into forwards of at most ``max_batch_tokens`` tokens, with a 4D mask when
+    the model's attention takes one (sdpa, eager), else through a KV cache
+    (:func:`verl_credit.tree.kv_cache_logprobs`). ``forward_tokens``: tokens run so far, padding excluded.
+    """
+
+    def __init__(self, model, pad_id: int, max_batch_tokens: int = 4096, temperature: float = 1.0):
+        self.model, self.pad_id, self.max_batch_tokens, self.temperature = model, pad_id, max_batch_tokens, temperature
+        self.forward_tokens = 0
+
+    def __call__(self, sequences, targets, groups=None) -> list[torch.Tensor]:
+        targets = targets.reshape(-1, 2)
+        if not sequences:
+            return []
+        if groups is None:
+            self.forward_tokens += sum(int(s.numel()) for s in sequences)
+            return self._naive(sequences, targets)
+        if attention_implementation(self.model) not in TREE_ATTENTION:
+            self.forward_tokens += sum(t.num_tokens for t in build_trees(sequences, targets, groups))
+            return kv_cache_logprobs(self.model, sequences, targets, groups, self.temperature)
+        trees = build_trees(sequences, targets, groups, self.max_batch_tokens)
+        self.forward_tokens += sum(t.num_tokens for t in trees)
+        out: dict[int, torch.Tensor] = {}
+        for batch in pack_rows(trees, self.max_batch_tokens):
+            out.update(forward_trees(self.model, [trees[i] for i in batch], self.pad_id, self.temperature))
+        return [out[v] for v in range(len(sequences))]
 
     @torch.no_grad()
-    def score(sequences: list[torch.Tensor], targets: torch.Tensor) -> list[torch.Tensor]:
+    def _naive(self, sequences, targets) -> list[torch.Tensor]:
+        model = self.model
         out: list[torch.Tensor | None] = [None] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda v: -sequences[v].numel())
         device = next(model.parameters()).device
         i = 0
         while i < len(order):
             width = sequences[order[i]].numel()
-            count = max(1, max_batch_tokens // max(width, 1))
+            count = max(1, self.max_batch_tokens // max(width, 1))
             chunk = order[i : i + count]
             i += count
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             attn = torch.zeros((len(chunk), width), dtype=torch.long)
             for j, v in enumerate(chunk):
                 n = sequences[v].numel()
@@ -233,11 +290,26 @@ def hf_scorer(model, pad_id: int, max_batch_tokens: int = 4096) -> ScoreFn:
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
             for j, v in enumerate(chunk):
                 t0, t1 = int(targets[v, 0]), int(targets[v, 1])
-                logp = torch.log_softmax(logits[j, t0 - 1 : t1 - 1], dim=-1)
+                logp = torch.log_softmax(logits[j, t0 - 1 : t1 - 1] / self.temperature, dim=-1)
                 out[v] = logp.gather(1, sequences[v][t0:t1].to(device).unsqueeze(1)).squeeze(1).cpu()
         return out  # type: ignore[return-value]
 
-    return score
+
+def hf_scorer(model, pad_id: int, max_batch_tokens: int = 4096) -> HFScorer:
+    """:class:`HFScorer` for a transformers causal LM (kept as the documented entry point)."""
+    return HFScorer(model, pad_id, max_batch_tokens)
+
+
+def _run_scorer(score_fn: ScoreFn, variants: VariantBatch, tree: bool) -> tuple[list[torch.Tensor], int]:
+    """(token log-probs, tokens the scorer ran) for ``variants``; trees grouped by rollout when ``tree``."""
+    before = getattr(score_fn, "forward_tokens", None)
+    if tree:
+        token_logprobs = score_fn(variants.sequences, variants.targets, variants.rows)
+    else:
+        token_logprobs = score_fn(variants.sequences, variants.targets)
+    after = getattr(score_fn, "forward_tokens", None)
+    used = after - before if isinstance(before, int) and isinstance(after, int) else variants.forward_tokens
+    return token_logprobs, int(used)
 
 
 @dataclass
@@ -283,7 +355,8 @@ def score_spans(
     placeholder = _placeholder(tokenizer, config)
     variants = build_variants(prompts, responses, spans, unique_rows, placeholder, gold_answers)
     scores = torch.full((B, S + 1), math.nan)
-    token_logprobs = score_fn(variants.sequences, variants.targets)  # called even when empty (dp collectives)
+    # called even when empty (dp collectives)
+    token_logprobs, forward_tokens = _run_scorer(score_fn, variants, config.scoring == "tree")
     if variants.sequences:
         sums = torch.stack([lp.double().sum() for lp in token_logprobs]).float()
         scores[variants.rows, variants.spans + 1] = sums
@@ -296,14 +369,18 @@ def score_spans(
             span_t[i, : len(sp.spans)] = torch.tensor(sp.spans, dtype=torch.long)
         if sp.answer is not None:
             answer_t[i] = torch.tensor(sp.answer)
-    naive = sum((1 + len(spans[r].spans)) * (prompts[r].numel() + responses[r].numel()) for r in rows)
+    scored_rows = set(variants.rows.tolist())
+    has_target = scored_rows | {row for row, source in copy_from.items() if source in scored_rows}
+    naive = sum(
+        (1 + len(spans[r].spans)) * (prompts[r].numel() + responses[r].numel()) for r in rows if r in has_target
+    )
     return SpanScores(
         scores=scores,
         spans=span_t,
         answer=answer_t,
         kinds=[sp.kinds for sp in spans],
         scored=~torch.isnan(scores[:, 0]),
-        forward_tokens=variants.forward_tokens,
+        forward_tokens=forward_tokens,
         naive_tokens=int(naive),
     )
 
@@ -354,7 +431,7 @@ def score_reference(
     unique, copy_from = duplicate_rows(prompts, responses, rows, references)
     copies = {**{row: row for row in unique}, **copy_from}
     variants = build_variants(prompts, responses, spans, unique, 0, references, with_spans=False)
-    token_logprobs = score_fn(variants.sequences, variants.targets)  # called even when empty (dp collectives)
+    token_logprobs, forward_tokens = _run_scorer(score_fn, variants, tree=False)  # called even when empty (dp)
     J = max((int(references[r].numel()) for r in rows), default=0)
     logprobs, mask = torch.zeros(B, J), torch.zeros(B, J, dtype=torch.long)
     by_row = {int(r): lp for r, lp in zip(variants.rows.tolist(), token_logprobs, strict=True)}
@@ -363,4 +440,4 @@ def score_reference(
             n = by_row[source].numel()
             logprobs[row, :n] = by_row[source]
             mask[row, :n] = 1 if answer_masks is None else answer_masks[row].reshape(-1)[:n].long()
-    return logprobs, mask, variants.forward_tokens
+    return logprobs, mask, forward_tokens
