@@ -25,7 +25,7 @@ from verl_credit.core.ktae import KTAEParams, ktae_advantages
 from verl_credit.core.variance import r3_rewards
 from verl_credit.data import Problem
 from verl_credit.explain import ExplainConfig
-from verl_credit.explain.options import parse_set_options
+from verl_credit.explain.options import DEMO_ANSWER_MARKERS, parse_set_options
 from verl_credit.explain.report import format_number, safe_text
 from verl_credit.explain.run import explain_rollouts, rollouts_from_texts, run_explain
 from verl_credit.scoring import CounterfactualConfig, hf_scorer, reference_answer, score_reference, score_spans
@@ -183,15 +183,14 @@ def test_counterfactual_spans_match_score_spans(written, tiny):
     model, tokenizer = tiny
     result, html, data = written
     ro = result.rollouts
-    res = score_spans(
-        tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, CounterfactualConfig()
-    )
+    demo = CounterfactualConfig(answer_markers=DEMO_ANSWER_MARKERS)  # explain's demo setting
+    res = score_spans(tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, demo)
     D, importance = span_importance(res.scores)
     section = next(s for s in data["sections"] if s["key"] == "counterfactual")
     got = torch.tensor([[float("nan") if v is None else v for v in row] for row in section["data"]["D"]])
     assert torch.allclose(got, D, atol=1e-4, equal_nan=True)
     assert int(res.scored.sum()) == 7, "every solution with '####', 'final answer' or \\boxed{ is scored"
-    table = section["tables"][0]["rows"]
+    table = next(t for t in section["tables"] if "D" in t["columns"])["rows"]
     assert len(table) == int((~torch.isnan(D)).sum()) > 0
     kinds = {row[2] for row in table}
     assert kinds == {"arithmetic", "sentence"}
@@ -214,8 +213,8 @@ def test_variance_reference_tokens_match_the_core_function(written, tiny):
     marks = [reference_answer(tokenizer, "#### {answer}", ro.problems[k].ground_truth)[1] for k in ro.problem_of]
     lp, mask, _ = score_reference(
         tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, refs, range(8),
-        answer_masks=marks,
-    )  # fmt: skip
+        CounterfactualConfig(answer_markers=DEMO_ANSWER_MARKERS), answer_masks=marks,
+    )  # fmt: skip  # the reasoning ends where explain's (demo) answer markers say
     groups = group_index_from_uids(ro.uids)
     res = r3_rewards(lp, mask, ro.rewards, groups, result.credit.variance)
     section = next(s for s in data["sections"] if s["key"] == "variance_weighted")
@@ -260,9 +259,8 @@ def test_length_reward_section_with_the_counterfactual_scorer(tiny, tmp_path):
     section = result.sections[0]
     assert "already in [0, 1]" in section.description
     ro = result.rollouts
-    res = score_spans(
-        tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, CounterfactualConfig()
-    )
+    demo = CounterfactualConfig(answer_markers=DEMO_ANSWER_MARKERS)
+    res = score_spans(tokenizer, hf_scorer(model, tokenizer.pad_token_id), ro.prompts, ro.responses, demo)
     mask = ro.credit_batch(tokenizer.pad_token_id).response_mask
     want = token_significance(res.scores, res.spans, mask)
     for got, row, m in zip(section.data["significance"], want, mask, strict=True):

@@ -97,6 +97,9 @@ def test_first_problem_past_the_end(capsys, no_model_load, problems_file):
         (["--estimators", ","], "--estimators names no estimator"),
         (["--import", "no_such_module_for_explain"], "--import no_such_module_for_explain: no module named"),
         (["--group-size", "1"], "group_size must be >= 2"),
+        (["--compare-rollout", "8"], "--compare-rollout 8: the run has 8 rollouts (indices 0 to 7)"),
+        (["--compare-rollout", "-1"], "compare_rollout must be an integer >= 0, got -1"),
+        (["--set", "counterfactual.answer_markers=so"], "--set: credit.counterfactual.answer_markers must be a list"),
     ],
 )
 def test_options_are_checked_before_the_model(capsys, no_model_load, problems_file, option, expected):

@@ -1,6 +1,10 @@
 """Options of ``verl-credit explain`` (no transformers or matplotlib import: the CLI parser stays cheap).
 
 ExplainConfig                -- every option, with its default.
+DEMO_ANSWER_MARKERS          -- the answer markers explain uses unless ``--set counterfactual.answer_markers``
+                                is given (a demo setting; the library default is ["final answer", "####"]).
+demo_settings(credit)        -- the demo settings that apply to a ``credit`` override dict.
+with_demo_settings(credit)   -- ``credit`` with those settings filled in (what the run uses).
 add_arguments(parser)        -- the command-line flags (one per option).
 config_from_args(args)       -- argparse namespace -> ExplainConfig (``--set`` parsed with yaml.safe_load);
                                 a bad value prints ``verl-credit explain: error: ...`` and exits 2.
@@ -19,7 +23,41 @@ from typing import Any
 
 from verl_credit.cli_args import add_import_argument, name_list, positive_int, usage_exit
 
-__all__ = ["ExplainConfig", "add_arguments", "config_from_args", "parse_set_options"]
+__all__ = [
+    "DEMO_ANSWER_MARKERS",
+    "ExplainConfig",
+    "add_arguments",
+    "config_from_args",
+    "demo_settings",
+    "parse_set_options",
+    "with_demo_settings",
+]
+
+# SmolLM2-135M-Instruct ignores the "answer in \boxed{}" instruction and closes with "So, the answer is 18."
+# or "So, there were 18 spoons ...": with the library's markers alone ("final answer", "####", \boxed{)
+# the counterfactual stage finds an answer in almost none of its solutions. A demo setting of explain only;
+# training keeps the library default, and ``--set counterfactual.answer_markers=[...]`` replaces it.
+DEMO_ANSWER_MARKERS = ["final answer", "####", "the answer is", "so,"]
+
+
+def demo_settings(credit: dict[str, Any]) -> dict[str, Any]:
+    """The demo settings that apply to the ``credit`` overrides: each one the user did not set.
+    Keys are dotted ``credit.*`` names (``{"counterfactual.answer_markers": [...]}``)."""
+    cf = credit.get("counterfactual")
+    if isinstance(cf, dict) and "answer_markers" in cf:
+        return {}
+    return {"counterfactual.answer_markers": list(DEMO_ANSWER_MARKERS)}
+
+
+def with_demo_settings(credit: dict[str, Any]) -> dict[str, Any]:
+    """``credit`` (the ``--set`` overrides) with :func:`demo_settings` filled in; ``credit`` is not changed."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in credit.items()}
+    for dotted, value in demo_settings(credit).items():
+        section, key = dotted.split(".")
+        node = out.setdefault(section, {})
+        if isinstance(node, dict):  # a non-dict is the user's error, reported by CreditConfig.from_dict
+            node[key] = value
+    return out
 
 
 def _default_threads() -> int:
@@ -48,7 +86,10 @@ class ExplainConfig:
         threads: torch CPU threads; default half the cores.
         score_rows: "all" scores the spans of every rollout that has an answer; "trained" only
             those of groups with a non-zero outcome advantage, as the trainer does. Default "all".
-        credit: overrides of the ``credit:`` block, e.g. ``{"ktae": {"top": 0.5}}``.
+        credit: overrides of the ``credit:`` block, e.g. ``{"ktae": {"top": 0.5}}``. The run adds
+            :func:`demo_settings` (the demo's answer markers) unless they are set here.
+        compare_rollout: the rollout shown with every estimator side by side; None = chosen by the
+            report (a correct, finished rollout of a mixed group with measured spans, when there is one).
         imports: modules imported before anything else (``--import``): they register your own
             estimators (``verl_credit.register_estimator``) and report views
             (``verl_credit.explain.sections.explainer``). Default [].
@@ -68,6 +109,7 @@ class ExplainConfig:
     score_rows: str = "all"
     credit: dict[str, Any] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)
+    compare_rollout: int | None = None
 
     def __post_init__(self):
         for name in ("num_problems", "group_size", "max_new_tokens", "threads"):
@@ -82,6 +124,10 @@ class ExplainConfig:
             raise ValueError(f"explain: temperature must be > 0, got {self.temperature!r}")
         if self.score_rows not in ("all", "trained"):
             raise ValueError(f"explain: score_rows must be 'all' or 'trained', got {self.score_rows!r}")
+        if self.compare_rollout is not None and not (
+            isinstance(self.compare_rollout, int) and self.compare_rollout >= 0
+        ):
+            raise ValueError(f"explain: compare_rollout must be an integer >= 0, got {self.compare_rollout!r}")
         if self.estimators is not None and not self.estimators:
             raise ValueError("explain: estimators is empty; leave it unset (None) for every available view")
 
@@ -152,6 +198,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="counterfactual spans of every answered rollout, or only where the trainer would score",
     )
     parser.add_argument(
+        "--compare-rollout",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="rollout shown with every estimator side by side (default: chosen by the report)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -190,4 +243,5 @@ def _config_from_args(args: argparse.Namespace) -> ExplainConfig:
         score_rows=args.score_rows,
         credit=parse_set_options(args.set),
         imports=name_list(getattr(args, "imports", [])),
+        compare_rollout=getattr(args, "compare_rollout", None),
     )

@@ -3,14 +3,12 @@ and the same numbers as JSON.
 
     render(result) -> str               the HTML document.
     write_report(result, path) -> Path
-    write_json(result, path) -> Path    config, problems, rollouts, every section's metrics/data/tables.
-    format_number(x) -> str             how the report prints a number in tables and tooltips.
-    safe_text(s) -> str                 escaped text, control characters shown as symbols.
+    write_json(result, path) -> Path    config, problems, rollouts, every section's metrics/data/tables,
+                                        the comparison (chosen rollout, rank correlations).
+    format_number(x), safe_text(s), shade(...)   from :mod:`verl_credit.explain.markup`.
 
 Everything that comes from the model, the tokenizer or the problem file is untrusted: every piece
-of text and every attribute value goes through :func:`safe_text` (``html.escape`` after mapping
-C0 control characters other than tab and newline to their Unicode control pictures, e.g. ``\r``
--> U+240D, which HTML does not allow raw).
+of text and every attribute value goes through ``safe_text`` (see :mod:`verl_credit.explain.markup`).
 """
 
 from __future__ import annotations
@@ -19,14 +17,15 @@ import base64
 import dataclasses
 import json
 import math
-from html import escape
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render", "write_report", "write_json", "format_number", "safe_text", "shade"]
+from verl_credit.explain.blocks import Layout, compare_block, grading_flag, rollout_block
+from verl_credit.explain.markup import format_number, safe_text, shade, table
+from verl_credit.explain.markup import tokens as tokens_line
 
-GREEN, RED = (22, 163, 74), (220, 38, 38)
+__all__ = ["render", "write_report", "write_json", "format_number", "safe_text", "shade", "comparison"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#111;
@@ -36,44 +35,27 @@ h3{margin-top:28px}table{border-collapse:collapse;margin:8px 0 16px;font-size:.8
 td,th{border:1px solid #d1d5db;padding:3px 7px;text-align:left;vertical-align:top}th{background:#f3f4f6}
 .meta td:first-child{font-weight:600;white-space:nowrap}.paper{color:#4b5563;font-size:.9em;margin-top:-6px}
 .tok{white-space:pre-wrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.82em;
-line-height:1.7;padding:6px 8px;border:1px solid #e5e7eb;border-radius:4px;background:#fff}
+line-height:1.7;padding:6px 8px;border:1px solid #e5e7eb;border-radius:4px;background:#fff;overflow-wrap:anywhere}
 .tok span{border-radius:2px}.sp{color:#9ca3af;font-style:italic}
 .rollout{border:1px solid #e5e7eb;border-radius:6px;padding:8px 10px;margin:10px 0;background:#fafafa}
 .rhead{font-size:.9em;margin-bottom:4px}.ok{color:#15803d;font-weight:700}.bad{color:#b91c1c;font-weight:700}
+.cut{color:#92400e;background:#fef3c7;font-weight:700;padding:0 4px;border-radius:3px}
+.flag{color:#92400e;background:#fffbeb;border-left:3px solid #f59e0b;padding:3px 8px;font-size:.86em;margin:4px 0}
+.banner{background:#fef2f2;border:2px solid #dc2626;border-radius:6px;padding:10px 14px;margin:14px 0}
+.summary{background:#f0fdf4;border:1px solid #bbf7d0;border-radius:6px;padding:8px 14px;margin:12px 0}
 details{margin:4px 0}summary{cursor:pointer;font-size:.88em;color:#374151}
 .question{white-space:pre-wrap;background:#f9fafb;border-left:3px solid #9ca3af;padding:6px 10px}
-.legend span{padding:1px 6px;margin-right:6px;border-radius:3px}.note{color:#4b5563;font-size:.88em}
+.note{color:#4b5563;font-size:.88em}
 figure{margin:10px 0}figcaption{font-size:.85em;color:#4b5563}img{max-width:100%}
 nav a{margin-right:12px}
+.cbars{margin:4px 0 6px}.cbar{display:flex;align-items:center;gap:2px;font-size:.75em;margin:2px 0}
+.cname{width:190px;color:#374151}.sw{display:inline-block;min-width:52px;text-align:center;padding:1px 2px;
+border:1px solid #e5e7eb;border-radius:2px;font-family:ui-monospace,Menlo,Consolas,monospace}.cnone{color:#6b7280}
+.cgrid{display:grid;grid-template-columns:repeat(var(--cols),minmax(0,1fr));gap:6px;margin:8px 0}
+.ccol .tok{font-size:.72em;line-height:1.6;padding:4px 5px}
+.chead{font-size:.78em;font-weight:600;color:#374151;min-height:2.6em}
+.rhos{display:flex;flex-wrap:wrap;gap:18px}.rhos p{margin:4px 0 0;font-size:.86em}
 """
-
-
-_CONTROL = {c: 0x2400 + c for c in range(32) if c not in (9, 10)} | {0x7F: 0x2421}
-
-
-def safe_text(value: Any) -> str:
-    """``html.escape`` (quotes included) of ``str(value)``, control characters made visible."""
-    return escape(str(value).translate(_CONTROL), quote=True)
-
-
-def format_number(x: Any) -> str:
-    """Integers as they are, floats with 4 decimals (NaN as "nan")."""
-    if isinstance(x, bool) or x is None:
-        return "" if x is None else str(x)
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.4f}"
-    return str(x)
-
-
-def shade(value: float, center: float, scale: float) -> str:
-    """CSS background for a value: green above ``center``, red below, opacity |value - center| / scale."""
-    d = value - center
-    if not math.isfinite(d) or scale <= 0 or abs(d) < 1e-12:
-        return ""
-    r, g, b = GREEN if d > 0 else RED
-    return f"background:rgba({r},{g},{b},{0.08 + 0.72 * min(1.0, abs(d) / scale):.3f})"
 
 
 def _img(title: str, png: bytes) -> str:
@@ -82,26 +64,25 @@ def _img(title: str, png: bytes) -> str:
     return f'<figure><img alt="{safe_text(title)}" src="data:image/png;base64,{data}">{caption}</figure>'
 
 
-def _table(columns: list[str], rows: list[list[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{safe_text(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{safe_text(format_number(c))}</td>" for c in row) + "</tr>" for row in rows)
-    attr = f' class="{cls}"' if cls else ""
-    return f"<table{attr}><tr>{head}</tr>{body}</table>"
+def _quoted(values) -> str:
+    return ", ".join(f'"{v}"' if isinstance(v, str) else json.dumps(v) for v in values)
 
 
-def _tokens(pieces: list[str], values: list[float], tooltips: list[str], center: float, scale: float, special) -> str:
+def _setting(value) -> str:
+    """A credit value as the user types it (strings without repr escapes: one backslash stays one)."""
+    if isinstance(value, list | tuple):
+        return "[" + _quoted(value) + "]"
+    return str(value)
+
+
+def _flat(credit: dict, prefix: str = "") -> list[str]:
     out = []
-    for piece, value, tip, is_special in zip(pieces, values, tooltips, special, strict=True):
-        style = shade(value, center, scale)
-        cls = ' class="sp"' if is_special else ""
-        style_attr = f' style="{style}"' if style else ""
-        out.append(f'<span{cls}{style_attr} title="{safe_text(tip)}">{safe_text(piece)}</span>')
-    return '<div class="tok">' + "".join(out) + "</div>"
-
-
-def _scale(values, center: float) -> float:
-    finite = [abs(v - center) for v in values if math.isfinite(v)]
-    return max(finite, default=0.0)
+    for key, value in credit.items():
+        if isinstance(value, dict):
+            out += _flat(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key} = {_setting(value)}")
+    return out
 
 
 def _meta(result) -> str:
@@ -112,6 +93,7 @@ def _meta(result) -> str:
             versions.append(f"{pkg} {version(pkg)}")
         except PackageNotFoundError:
             continue
+    demo = "; ".join(f"{k} = {_setting(v)}" for k, v in result.demo_settings.items())
     rows = [
         ["model", result.model_name],
         [
@@ -125,7 +107,18 @@ def _meta(result) -> str:
         ],
         ["grading", result.grading],
         ["estimators", ", ".join(s.key for s in result.sections)],
-        ["credit options", json.dumps(cfg.credit) if cfg.credit else "defaults (see docs/configuration.md)"],
+        ["credit options", "; ".join(_flat(cfg.credit)) if cfg.credit else "defaults (see docs/configuration.md)"],
+    ]
+    if demo:
+        rows.append(
+            [
+                "demo settings",
+                f'{demo} (explain\'s default, a demo setting: SmolLM2 closes with "So, the answer is ..." rather than '
+                'a marker of the paper; training keeps the library default "final answer", "####"; '
+                "--set counterfactual.answer_markers=[...] replaces it)",
+            ]
+        )
+    rows += [
         ["time", ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())],
         ["versions", ", ".join(versions)],
     ]
@@ -136,52 +129,120 @@ def _meta(result) -> str:
     )
 
 
-def _section(section, scale_note: str) -> str:
+def _section(section) -> str:
     parts = [f'<h2 id="{safe_text(section.key)}">{safe_text(section.title)}</h2>']
     parts.append(f'<p class="paper">{safe_text(section.paper)}</p><p>{safe_text(section.description)}</p>')
     if section.metrics:
         rows = [[k, float(v)] for k, v in sorted(section.metrics.items())]
         parts.append("<details><summary>metrics (as logged under credit/ in a run)</summary>")
-        parts.append(_table(["metric", "value"], rows) + "</details>")
+        parts.append(table(["metric", "value"], rows) + "</details>")
     for title, png in section.figures:
         parts.append(_img(title, png))
     for strip in section.strips:
-        scale = _scale(strip.values, strip.center)
+        finite = [abs(v - strip.center) for v in strip.values if math.isfinite(v)]
+        scale = max(finite, default=0.0)
         parts.append(f"<p>{safe_text(strip.title)}</p>")
         parts.append(
-            _tokens(strip.pieces, strip.values, strip.tooltips, strip.center, scale, [False] * len(strip.pieces))
+            tokens_line(strip.pieces, strip.values, strip.tooltips, strip.center, scale, [False] * len(strip.pieces))
         )
-    for table in section.tables:
-        parts.append(f"<h3>{safe_text(table.title)}</h3>")
-        if table.note:
-            parts.append(f'<p class="note">{safe_text(table.note)}</p>')
-        if table.rows:
-            parts.append(_table(table.columns, table.rows))
+    for t in section.tables:
+        parts.append(f"<h3>{safe_text(t.title)}</h3>")
+        if t.note:
+            parts.append(f'<p class="note">{safe_text(t.note)}</p>')
+        if t.rows:
+            parts.append(table(t.columns, t.rows))
     if section.views:
         parts.append(
             f'<p class="note">Token views: {safe_text(", ".join(v.title for v in section.views))}. '
-            f'{safe_text(scale_note)} <a href="#rollouts">See them on the rollouts.</a></p>'
+            "Colour: one scale per rollout and unit, shared by its views in that unit (see its colour bars). "
+            '<a href="#compare">Side by side</a> · <a href="#rollouts">every rollout</a>.</p>'
         )
     return "\n".join(parts)
+
+
+def comparison(result, layout: Layout | None = None) -> dict[str, Any]:
+    """The side-by-side rollout, why it was chosen, the per-group rank correlations, the mixed groups
+    and the views without any signal (explain.json's "comparison")."""
+    from verl_credit.explain.compare import choose_rollout, main_views, mixed_groups, rank_correlations, silent_views
+
+    ro = result.rollouts
+    layout = layout or Layout(result)
+    correct = [bool(r > result.credit.correct_threshold) for r in ro.rewards.tolist()]
+    measured = _measured(result)
+    if result.config.compare_rollout is not None:
+        index, why = result.config.compare_rollout, "chosen with --compare-rollout"
+    else:
+        index, why = choose_rollout(correct, list(ro.finished), list(ro.uids), measured)
+    views = main_views(result.sections)
+    return {
+        "rollout": index,
+        "why": why,
+        "estimators": [k for k, _ in views],
+        "rank_correlation": rank_correlations(views, layout.mask, list(ro.uids)),
+        "rank_correlation_method": "scipy.stats.spearmanr over the valid tokens of each group's rollouts",
+        "mixed_groups": mixed_groups(list(ro.uids), correct),
+        "silent_views": silent_views(views, layout.mask),
+    }
+
+
+def _measured(result) -> list[bool] | None:
+    cf = next((s for s in result.sections if s.key == "counterfactual"), None)
+    if cf is None or "coverage" not in cf.data:
+        return None
+    return [c["status"] == "spans measured" for c in cf.data["coverage"]]
+
+
+def _summary(result, comp: dict) -> list[str]:
+    ro = result.rollouts
+    n_correct = int(sum(float(r) > result.credit.correct_threshold for r in ro.rewards.tolist()))
+    cut = [i for i in range(len(ro)) if grading_flag(result, i)]
+    lines = [
+        f"{len(ro)} solutions to {len(ro.problems)} problems; {n_correct} graded correct"
+        + (
+            f", {len(cut)} of them cut at the token limit (flagged: the grader read the last number of an unfinished "
+            "text)"
+            if cut
+            else ""
+        )
+        + f"; {sum(not f for f in ro.finished)} of {len(ro)} cut at the token limit in all.",
+        f"Groups with both correct and wrong solutions (where GRPO and KTAE have a signal): "
+        f"{len(comp['mixed_groups'])} of {len(set(ro.uids))}.",
+    ]
+    cf = next((s for s in result.sections if s.key == "counterfactual"), None)
+    if cf is not None:
+        why = [f"{n} {reason}" for reason, n in cf.data["coverage_counts"].items() if reason not in _STATUSES]
+        lines.append(
+            f"Counterfactual: spans measured in {cf.data['measured']} of {len(ro)} rollouts"
+            + (f"; the others: {'; '.join(why)}" if why else "")
+            + "."
+        )
+    return lines
+
+
+_STATUSES = ("spans measured", "answer only", "not scored")
+
+
+def _banner(result, comp: dict) -> str:
+    if comp["mixed_groups"]:
+        return ""
+    silent = comp["silent_views"]
+    alive = [k for k in comp["estimators"] if k not in silent]
+    return (
+        '<div class="banner"><b>No group is mixed</b>: every group is all correct or all wrong, so the outcome '
+        "advantage is 0 everywhere"
+        + (f" and {', '.join(silent)} give every token no signal (all at the centre)" if silent else "")
+        + (f". Still non-zero: {', '.join(alive)} (they do not only rest on the outcome contrast)" if alive else "")
+        + ". Sample more solutions (--group-size) or other problems to see credit assigned.</div>"
+    )
 
 
 def render(result) -> str:
     """The whole report as one HTML string."""
     from verl_credit.explain.plots import summary_figures
-    from verl_credit.explain.sections import token_pieces
 
-    ro, tok = result.rollouts, result.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    _, mask = ro.padded(pad)
-    special_ids = {int(i) for i in getattr(tok, "all_special_ids", [])}
-    pieces = [token_pieces(tok, r.tolist()) for r in ro.responses]
-    views = [(s, v) for s in result.sections for v in s.views]
-    scales = {}
-    for _, v in views:
-        vals = v.values[mask.bool()].float().tolist()
-        scales[id(v)] = _scale(vals, v.center)
-
-    n_correct = int(ro.rewards.sum())
+    ro = result.rollouts
+    layout = Layout(result)
+    comp = comparison(result, layout)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -189,56 +250,52 @@ def render(result) -> str:
         "<title>verl-credit explain: token-level credit</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>verl-credit explain: where each estimator puts the credit</h1>",
-        f"<p>{len(ro)} solutions to {len(ro.problems)} problems, {n_correct} correct. Each solution's tokens are "
-        "shaded by each estimator's advantage or weight: <b>green</b> = more credit (positive advantage, weight "
-        "above 1, significant), <b>red</b> = negative advantage, weight below 1, insignificant; stronger colour = "
-        "larger value, scaled per view. Hover a token for its value.</p>",
-        '<p class="legend"><span style="'
-        + shade(1, 0, 1)
-        + '">positive / above</span><span style="'
-        + shade(-1, 0, 1)
-        + '">negative / below</span><span style="'
-        + shade(0.3, 0, 1)
-        + '">small</span></p>',
+        _banner(result, comp),
+        '<div class="summary">' + "".join(f"<p>{safe_text(x)}</p>" for x in _summary(result, comp)) + "</div>",
+        "<p>Every token view shows the advantage the policy loss would give the token (A; for the weighting "
+        "methods the effective A x w), except the length reward's significance s. <b>Green</b>: a positive "
+        "advantage, the token is made more likely; <b>red</b>: negative, made less likely. On a wrong solution "
+        "A < 0, so deeper red means more blame. One colour scale per rollout, shared by all its advantage views "
+        "(the colour bar gives the numbers); hover a token for its value.</p>",
         "<nav>"
+        + '<a href="#compare">side by side</a>'
         + "".join(f'<a href="#{safe_text(s.key)}">{safe_text(s.key)}</a>' for s in result.sections)
         + '<a href="#rollouts">rollouts</a></nav>',
         _meta(result),
     ]
     for title, png in summary_figures(result):
         parts.append(_img(title, png))
+    if len(ro):
+        parts.append(compare_block(layout, comp["rollout"], comp["why"], comp["rank_correlation"]))
     for section in result.sections:
-        parts.append(_section(section, "Colour scale: per view, the largest |value - centre| is full colour."))
+        parts.append(_section(section))
 
     parts.append('<h2 id="rollouts">Problems and rollouts</h2>')
+    notes = _coverage_notes(result)
     for k, problem in enumerate(ro.problems):
         members = [i for i in range(len(ro)) if ro.problem_of[i] == k]
-        right = int(sum(float(ro.rewards[i]) for i in members))
-        parts.append(f'<h3 id="problem-{k}">{safe_text(problem.uid)}: {right}/{len(members)} correct</h3>')
+        right = sum(float(ro.rewards[i]) > result.credit.correct_threshold for i in members)
+        cut = sum(bool(grading_flag(result, i)) for i in members)
+        extra = f" ({cut} of them cut at the token limit)" if cut else ""
+        parts.append(f'<h3 id="problem-{k}">{safe_text(problem.uid)}: {right}/{len(members)} correct{extra}</h3>')
         parts.append(f'<div class="question">{safe_text(problem.question)}</div>')
         parts.append(f"<p>Ground truth: <b>{safe_text(problem.ground_truth)}</b></p>")
         for i in members:
-            ok = float(ro.rewards[i]) > 0
-            n = int(mask[i].sum())
-            state = "ended with eos" if ro.finished[i] else f"cut at {n} tokens"
-            parts.append(
-                f'<div class="rollout" id="rollout-{i}"><div class="rhead">rollout {safe_text(ro.uids[i])}.{i} '
-                f'· <span class="{"ok" if ok else "bad"}">{"correct" if ok else "wrong"}</span> '
-                f"· reward {format_number(float(ro.rewards[i]))} · {n} tokens · {safe_text(state)}</div>"
-            )
-            special = [int(t) in special_ids for t in ro.responses[i].tolist()]
-            for section, view in views:
-                values = view.values[i, :n].float().tolist()
-                tips = [f"{view.label}={v:+.4f}" for v in values]
-                opened = " open" if view.open else ""
-                parts.append(f"<details{opened}><summary>{safe_text(section.key)}: {safe_text(view.title)}</summary>")
-                parts.append(_tokens(pieces[i], values, tips, view.center, scales[id(view)], special) + "</details>")
-            parts.append(
-                f'<details><summary>text</summary><pre class="tok">{safe_text(ro.texts[i])}</pre></details></div>'
-            )
+            parts.append(rollout_block(layout, i, notes[i]))
     parts.append('<p class="note">Written by <code>verl-credit explain</code>. No JavaScript; images are inline.</p>')
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _coverage_notes(result) -> list[str]:
+    cf = next((s for s in result.sections if s.key == "counterfactual"), None)
+    if cf is None:
+        return [""] * len(result.rollouts)
+    out = []
+    for c in cf.data["coverage"]:
+        note = f"counterfactual: {c['status']}" + (f" ({c['reason']})" if c["reason"] else "")
+        out.append(note + (f", {c['spans']} spans" if c["status"] == "spans measured" else ""))
+    return out
 
 
 def write_report(result, path: str | Path) -> Path:
@@ -280,10 +337,13 @@ def write_json(result, path: str | Path) -> Path:
                 "token_ids": ro.responses[i].tolist(),
                 "reward": float(ro.rewards[i]),
                 "finished": ro.finished[i],
+                "grading_flag": grading_flag(result, i),
             }
             for i in range(len(ro))
         ],
+        "demo_settings": result.demo_settings,
         "timings": result.timings,
+        "comparison": comparison(result),
         "sections": [
             {
                 "key": s.key,

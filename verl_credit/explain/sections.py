@@ -79,6 +79,7 @@ class Workspace:
     ctx: EstimatorContext
     pad_id: int
     score_rows: str = "all"
+    max_new_tokens: int | None = None  # the sampling limit (a rollout without eos was cut there)
 
     def batch(self, fields: dict | None = None) -> CreditBatch:
         return self.rollouts.credit_batch(self.pad_id, fields)
@@ -106,15 +107,16 @@ class Workspace:
         pairs = [reference_answer(self.tokenizer, template, ro.problems[k].ground_truth) for k in ro.problem_of]
         return [ids for ids, _ in pairs], [mark for _, mark in pairs]
 
-    def span_scores(self, rows: list[int]):
+    def span_scores(self, rows: list[int], spans=None):
         """``scoring.score_spans`` of ``rows`` with the run's ``credit.counterfactual`` (gold answers
-        teacher-forced when ``answer_source=gold``, as the trainer's stage does)."""
+        teacher-forced when ``answer_source=gold``, as the trainer's stage does); ``spans``: the
+        stage's ``find_spans`` result when the caller already has it."""
         from verl_credit.scoring import score_spans
 
         cf = self.credit.counterfactual
         gold = self.answer_ids(cf.gold_template) if cf.answer_source == "gold" else None
         return score_spans(
-            self.tokenizer, self.score_fn, self.rollouts.prompts, self.rollouts.responses, cf, rows, gold
+            self.tokenizer, self.score_fn, self.rollouts.prompts, self.rollouts.responses, cf, rows, gold, spans
         )
 
     @cached_property
@@ -131,7 +133,10 @@ class Workspace:
 class TokenView:
     """values: FloatTensor[B, T] over the response tokens (padding ignored), shaded around
     ``center`` (0 for advantages, 1 for weights, the threshold for significance). label: what a
-    value is, shown in each token's tooltip. short: a name for plot axes (default: the title)."""
+    value is, shown in each token's tooltip. short: a name for plot axes (default: the title).
+    scale: views with the same scale name share one colour scale per rollout ("advantage": every
+    view in advantage units, so colours compare across estimators). parts: more (B, T) values
+    named in the tooltip, e.g. the A and the w of A x w."""
 
     title: str
     values: torch.Tensor
@@ -139,6 +144,8 @@ class TokenView:
     center: float = 0.0
     open: bool = False
     short: str = ""
+    scale: str = "advantage"
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -251,7 +258,9 @@ def _generic_view(name: str, ws: Workspace) -> Section:
     out = compute_advantages(spec, batch, ws.ctx)
     views = [TokenView(f"{name}: token advantages", out.advantages, "A", open=True, short=name)]
     if out.token_weights is not None:
-        views.append(TokenView(f"{name}: token weights", out.token_weights, "w", center=1.0, short=f"{name} w"))
+        views.append(
+            TokenView(f"{name}: token weights", out.token_weights, "w", center=1.0, short=f"{name} w", scale="weight")
+        )
     return Section(
         key=name,
         title=f"{name} (registered estimator)",
@@ -372,10 +381,17 @@ def _counterfactual_requires() -> str | None:
     return _estimator("counterfactual")()
 
 
+def _quoted(items) -> str:
+    """Markers as the user types them: ``"final answer", "####", "\\boxed{"`` (no repr escapes)."""
+    return ", ".join(f'"{m}"' for m in items)
+
+
 @explainer("counterfactual", requires=_counterfactual_requires)
 def counterfactual_view(ws: Workspace) -> Section:
     from verl_credit.core.counterfactual import WEIGHT_MODES, span_importance
     from verl_credit.core.groups import contrast_rows
+    from verl_credit.explain.coverage import ANSWER_ONLY, MEASURED, NOT_SCORED, rollout_coverage, summarize
+    from verl_credit.spans import find_spans
     from verl_credit.weighting import apply_counterfactual_weights
 
     cf = ws.credit.counterfactual
@@ -383,13 +399,16 @@ def counterfactual_view(ws: Workspace) -> Section:
     rows = list(range(plain.batch_size))
     if ws.score_rows == "trained":  # the trainer scores only groups with a non-zero outcome advantage
         rows = contrast_rows(plain.scores, plain.groups).nonzero().flatten().tolist()
-    res = ws.span_scores(rows)
+    ro = ws.rollouts
+    found = find_spans(ws.tokenizer, [r.tolist() for r in ro.responses], cf)
+    res = ws.span_scores(rows, found)
     fields = {"credit_cf_scores": res.scores, "credit_cf_spans": res.spans, "credit_cf_answer": res.answer}
     batch = ws.batch(fields)
+    base = compute_advantages("counterfactual", batch, ws.ctx).advantages.clone()  # GRPO's A, before w
     outputs = {}
     for mode in WEIGHT_MODES:
-        base = compute_advantages("counterfactual", batch, ws.ctx)
-        outputs[mode] = apply_counterfactual_weights(base, batch, dataclasses.replace(cf, mode=mode), global_step=0)
+        out = compute_advantages("counterfactual", batch, ws.ctx)
+        outputs[mode] = apply_counterfactual_weights(out, batch, dataclasses.replace(cf, mode=mode), global_step=0)
     D, importance = span_importance(res.scores)
     weights = outputs["counterfactual"].token_weights
     table = []
@@ -401,7 +420,7 @@ def counterfactual_view(ws: Workspace) -> Section:
             text = "".join(ws.pieces[i][s0:s1])
             table.append(
                 [
-                    f"{ws.rollouts.uids[i]}.{i}",
+                    f"{ro.uids[i]}.{i}",
                     k + 1,
                     kind,
                     text,
@@ -411,25 +430,62 @@ def counterfactual_view(ws: Workspace) -> Section:
                     "yes" if float(D[i, k]) > 0 else "",
                 ]
             )
+    asked = set(rows)
+    coverage = [
+        rollout_coverage(
+            ws.tokenizer,
+            ro.responses[i].tolist(),
+            found[i],
+            cf,
+            ro.finished[i],
+            i in asked,
+            cf.answer_source == "gold",
+            ws.max_new_tokens,
+        )  # fmt: skip
+        for i in range(len(ro))
+    ]
+    for i, c in enumerate(coverage):  # the detection and the stage's scores must tell the same story
+        if c.measured != bool((~torch.isnan(D[i])).any()):
+            raise RuntimeError(f"explain: rollout {i}: span detection says {c.status!r}, the scores disagree")
+    measured = sum(c.measured for c in coverage)
     titles = {
-        "counterfactual": "counterfactual weights (the method)",
-        "uniform": "control: uniform (every weight 1, plain GRPO/DAPO)",
-        "random": "control: random importances (seeded)",
-        "inverted": "control: inverted importances (1 - I)",
+        "counterfactual": "A x w, counterfactual weights (the method)",
+        "uniform": "A x w, control: uniform (every weight 1, plain GRPO/DAPO)",
+        "random": "A x w, control: random importances (seeded)",
+        "inverted": "A x w, control: inverted importances (1 - I)",
     }
     views = [
-        TokenView(titles[m], outputs[m].token_weights, "w", center=1.0, open=(m == "counterfactual"), short=m)
+        TokenView(
+            titles[m],
+            outputs[m].advantages,
+            "A x w",
+            open=(m == "counterfactual"),
+            short=m,
+            parts={"A": base, "w": outputs[m].token_weights},
+        )
         for m in WEIGHT_MODES
     ]
-    scored = int(res.scored.sum())
     metrics = dict(outputs["counterfactual"].metrics)
     metrics.update(
         {
             "counterfactual/rollouts_with_answer/count": float((res.answer[:, 0] >= 0).sum()),
+            "counterfactual/rollouts_with_spans_measured/count": float(measured),
             "counterfactual/forward_tokens/count": float(res.forward_tokens),
             "counterfactual/forward_tokens_vs_naive/ratio": res.forward_tokens / max(1, res.naive_tokens),
         }
     )
+    counts = summarize(coverage)
+    markers = _quoted([*cf.answer_markers, cf.boxed_marker])
+    by_reason: dict[tuple[str, str], list[str]] = {}
+    for i, c in enumerate(coverage):
+        by_reason.setdefault((c.status, c.reason or "-"), []).append(
+            f"{ro.uids[i]}.{i}" + (" (cut)" if c.truncated else "")
+        )
+    order = {MEASURED: 0, ANSWER_ONLY: 1, NOT_SCORED: 2}
+    reasons = [
+        [status, reason, len(ids), ", ".join(ids)]
+        for (status, reason), ids in sorted(by_reason.items(), key=lambda kv: (order[kv[0][0]], -len(kv[1])))
+    ]
     return Section(
         key="counterfactual",
         title="Counterfactual span importance",
@@ -444,29 +500,41 @@ def counterfactual_view(ws: Workspace) -> Section:
                 if cf.conserve_gradient
                 else ""
             )
-            + ". The token advantage is the GRPO advantage "
-            "times w. The three controls of the paper's ablation are shown below the method."
+            + ". The token views show the advantage the loss sees, A x w (GRPO's A times the weight; hover for "
+            "both): on a wrong rollout A < 0, so a larger weight means more blame (deeper red). The three "
+            "controls of the paper's ablation are shown below the method."
         ),
         views=views,
         tables=[
             Table(
-                "Spans (scored rollouts)",
+                f"Which rollouts were measured: {measured} of {len(ro)}",
+                ["status", "reason", "count", "rollouts"],
+                reasons,
+                note=(
+                    f"Answer markers: {markers} (the last one that only answer material follows); answer source: "
+                    f"{cf.answer_source}. Read off the stage's own span detection (verl_credit.spans.find_spans). "
+                    "A rollout without measured spans keeps weight 1 on its reasoning tokens."
+                ),
+            ),
+            Table(
+                "Spans (measured rollouts)",
                 ["rollout", "span", "kind", "text", "D", "importance", "weight", "distractor"],
                 table,
-                note=(
-                    f"{scored} of {batch.batch_size} rollouts scored (a rollout needs a final answer: "
-                    f"{', '.join(repr(m) for m in cf.answer_markers)} or {cf.boxed_marker!r})."
-                ),
-            )
+            ),
         ],
         metrics=metrics,
         data={
             "scores": [[None if math.isnan(v) else round(v, 6) for v in row.tolist()] for row in res.scores],
             "D": [[None if math.isnan(v) else round(v, 6) for v in row.tolist()] for row in D],
             "weights": {m: _per_rollout(outputs[m].token_weights, batch.response_mask) for m in WEIGHT_MODES},
+            "advantages": {m: _per_rollout(outputs[m].advantages, batch.response_mask) for m in WEIGHT_MODES},
             "spans": res.spans.tolist(),
             "answer": res.answer.tolist(),
             "rows_asked": rows,
+            "coverage": [dataclasses.asdict(c) for c in coverage],
+            "measured": measured,
+            "coverage_counts": counts,
+            "answer_markers": [*cf.answer_markers, cf.boxed_marker],
         },
     )
 
@@ -480,6 +548,12 @@ def _variance_requires() -> str | None:
     except ImportError as err:
         return str(err)
     return _estimator("variance_weighted")()
+
+
+def _group_ranks(values: torch.Tensor, group: torch.Tensor) -> list[int]:
+    """Rank of each value inside its group: 1 = the largest; ties share the best rank."""
+    v, g = values.float().tolist(), group.tolist()
+    return [1 + sum(1 for j in range(len(v)) if g[j] == g[i] and v[j] > v[i]) for i in range(len(v))]
 
 
 @explainer("variance_weighted", requires=_variance_requires)
@@ -505,6 +579,7 @@ def variance_view(ws: Workspace) -> Section:
     r3, shaped = out.diagnostics["r3"], out.diagnostics["shaped_reward"]
     groups = batch.groups
     strips, ref_data = [], {}
+    center = 1.0 if params.weighting == "linear" else 0.5
     for g, uid in enumerate(groups.uids):
         first = int((groups.group == g).nonzero()[0])
         J = int(refs[first].numel())  # every teacher-forced token; the template's are context (sigma 0)
@@ -521,22 +596,27 @@ def variance_view(ws: Workspace) -> Section:
                 f"group {uid}: reference answer {''.join(pieces)!r}"
                 + ("" if bool(out.diagnostics["sigma"][g].abs().sum() > 0) else " (no contrast: R3 = 0)"),
                 pieces,
-                [float(v) for v in weights[g, :J]],
+                [
+                    float(v) if scored[j] else center for j, v in enumerate(weights[g, :J].tolist())
+                ],  # context: no colour
                 [
                     f"sigma {float(sigma[g, j]):.4f}, weight {float(weights[g, j]):.3f}"
                     if scored[j]
                     else "template: context, not scored"
                     for j in range(J)
                 ],
-                center=1.0 if params.weighting == "linear" else 0.5,
+                center=center,
             )
         )
+    r3_rank, shaped_rank = _group_ranks(r3, groups.group), _group_ranks(shaped, groups.group)
     table = [
         [
             f"{ro.uids[i]}.{i}",
             float(batch.scores[i]),
             round(float(r3[i]), 4),
+            r3_rank[i],
             round(float(shaped[i]), 4),
+            shaped_rank[i],
             round(float(out.advantages[i, 0]), 4),
         ]
         for i in range(len(ro))
@@ -564,12 +644,21 @@ def variance_view(ws: Workspace) -> Section:
         ),
         views=[TokenView("variance-weighted advantage (GRPO on r')", out.advantages, "A")],
         strips=strips,
-        tables=[Table("Rollouts", ["rollout", "reward r", "R3", "shaped r'", "advantage"], table)],
+        tables=[
+            Table(
+                "Rollouts",
+                ["rollout", "reward r", "R3", "R3 rank", "shaped r'", "r' rank", "advantage"],
+                table,
+                note="Ranks inside the group, 1 = the largest (ties share the best rank).",
+            )
+        ],
         metrics=metrics,
         data={
             "reference": ref_data,
             "r3": [round(float(v), 6) for v in r3],
             "shaped_reward": [round(float(v), 6) for v in shaped],
+            "r3_rank": r3_rank,
+            "shaped_rank": shaped_rank,
             "advantages": _per_rollout(out.advantages, batch.response_mask),
         },
     )
@@ -674,6 +763,7 @@ def length_reward_view(ws: Workspace) -> Section:
                 res.normalized.float(),
                 "s",
                 center=lr.threshold,
+                scale="significance",
             )
         ],
         tables=[
