@@ -312,13 +312,15 @@ def test_options_and_estimator_selection(tiny, tmp_path):
     shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
 )
 def test_report_renders_in_headless_chromium(sampled, tmp_path):
-    """Chromium lays the page out (every rollout is in its DOM) and paints a non-blank screenshot."""
+    """Chromium lays the page out (every rollout and side-by-side column is in its DOM) and paints a
+    non-blank screenshot."""
     result, _, _ = sampled
     base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,1400"]
     url = result.report_path.resolve().as_uri()
     dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert len(re.findall(r'id="rollout-\d+"', dom.stdout)) == len(result.rollouts)
+    assert dom.stdout.count('class="ccol"') == len(result.sections), "one side-by-side column per estimator"
     shot = tmp_path / "report.png"
     subprocess.run([*base, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
     from PIL import Image

@@ -112,10 +112,11 @@ def test_coverage_reasons_come_from_the_span_detection(report, tiny):
     assert cov[2]["reason"] == "its last answer marker is followed by more than 16 words (answer_max_words)"
     assert cov[3]["reason"] == "no answer marker"
     assert cov[4]["reason"].startswith("no reasoning span before the answer")
-    assert cov[CUT]["reason"] == "cut at the token limit (200 new tokens, no eos); no answer marker"
+    assert cov[CUT]["reason"] == "cut at the token limit (200 new tokens, no eos): no answer marker"
     assert cov[CUT]["truncated"] and not any(c["truncated"] for i, c in enumerate(cov) if i != CUT)
     assert cf.data["measured"] == 4 and "Which rollouts were measured: 4 of 8" in html
-    assert "Counterfactual: spans measured in 4 of 8 rollouts; the others: " in html
+    assert "Counterfactual: spans measured in 4 of 8 rollouts; the others, by reason (count): " in html
+    assert "no answer marker (1)" in html
     assert "counterfactual: not scored (no answer marker)" in _block(html, 3)
 
 

@@ -74,7 +74,7 @@ def rollout_coverage(
                         truncated, n)  # fmt: skip
     if sp.answer is None and not gold:
         why = _no_answer_reason(tokenizer, ids, sp, params)
-        return Coverage(NOT_SCORED, f"{cut}; {why}" if truncated else why, truncated, n)
+        return Coverage(NOT_SCORED, f"{cut}: {why}" if truncated else why, truncated, n)
     if n == 0:
         why = (
             "no reasoning span before the answer (no calculation, no sentence of "

@@ -53,7 +53,7 @@ nav a{margin-right:12px}
 border:1px solid #e5e7eb;border-radius:2px;font-family:ui-monospace,Menlo,Consolas,monospace}.cnone{color:#6b7280}
 .cgrid{display:grid;grid-template-columns:repeat(var(--cols),minmax(0,1fr));gap:6px;margin:8px 0}
 .ccol .tok{font-size:.72em;line-height:1.6;padding:4px 5px}
-.chead{font-size:.78em;font-weight:600;color:#374151;min-height:2.6em}
+.chead{font-size:.78em;font-weight:600;color:#374151;min-height:4em}
 .rhos{display:flex;flex-wrap:wrap;gap:18px}.rhos p{margin:4px 0 0;font-size:.86em}
 """
 
@@ -129,6 +129,9 @@ def _meta(result) -> str:
     )
 
 
+_LONG = 30  # a table with more rows is folded (<details>)
+
+
 def _section(section) -> str:
     parts = [f'<h2 id="{safe_text(section.key)}">{safe_text(section.title)}</h2>']
     parts.append(f'<p class="paper">{safe_text(section.paper)}</p><p>{safe_text(section.description)}</p>')
@@ -149,7 +152,9 @@ def _section(section) -> str:
         parts.append(f"<h3>{safe_text(t.title)}</h3>")
         if t.note:
             parts.append(f'<p class="note">{safe_text(t.note)}</p>')
-        if t.rows:
+        if len(t.rows) > _LONG:
+            parts.append(f"<details><summary>the {len(t.rows)} rows</summary>{table(t.columns, t.rows)}</details>")
+        elif t.rows:
             parts.append(table(t.columns, t.rows))
     if section.views:
         parts.append(
@@ -210,10 +215,10 @@ def _summary(result, comp: dict) -> list[str]:
     ]
     cf = next((s for s in result.sections if s.key == "counterfactual"), None)
     if cf is not None:
-        why = [f"{n} {reason}" for reason, n in cf.data["coverage_counts"].items() if reason not in _STATUSES]
+        why = [f"{reason} ({n})" for reason, n in cf.data["coverage_counts"].items() if reason not in _STATUSES]
         lines.append(
             f"Counterfactual: spans measured in {cf.data['measured']} of {len(ro)} rollouts"
-            + (f"; the others: {'; '.join(why)}" if why else "")
+            + (f"; the others, by reason (count): {'; '.join(why)}" if why else "")
             + "."
         )
     return lines
