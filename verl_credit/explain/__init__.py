@@ -2,10 +2,14 @@
 puts the credit, token by token, in a self-contained HTML report.
 
 Modules:
-    options   -- ExplainConfig and the command-line flags.
+    options   -- ExplainConfig, the command-line flags, the demo settings (the demo's answer markers).
     run       -- load the model and problems, sample a group per problem, grade, build the sections.
     sections  -- one builder per estimator, computing through the package's own functions.
-    plots     -- matplotlib summary plots (PNG bytes).
+    coverage  -- which rollouts the counterfactual stage measured, and why not the others.
+    compare   -- estimators against each other: the side-by-side rollout, rank correlations, silent views.
+    plots     -- matplotlib summary plots (PNG bytes) and the label-collision check.
+    markup    -- HTML pieces: escaping, token shading, colour bars, tables.
+    blocks    -- the rollout blocks and the side-by-side view.
     report    -- the HTML report and the JSON file of the same numbers.
 
     from verl_credit.explain import ExplainConfig

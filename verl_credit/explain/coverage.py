@@ -2,7 +2,9 @@
 detection (``verl_credit.spans``) that the stage itself ran, not guessed from the text.
 
     rollout_coverage(tokenizer, ids, spans, params, finished, asked, gold, max_new_tokens) -> Coverage
+    rollout_coverages(tokenizer, rollouts, spans, params, asked_rows, gold, max_new_tokens) -> [Coverage]
     summarize(coverages) -> {status or reason: count}
+    reason_rows(coverages, names) -> [[status, reason, count, rollouts]]   the report's table
 
 Statuses: ``"spans measured"`` (the answer and at least one reasoning span were scored: D exists),
 ``"answer only"`` (an answer was scored but no span precedes it: only the answer tokens are weighted)
@@ -17,7 +19,16 @@ from dataclasses import dataclass
 
 from verl_credit.spans import ResponseSpans, SpanParams, find_answer_start, token_char_offsets
 
-__all__ = ["Coverage", "rollout_coverage", "summarize", "MEASURED", "ANSWER_ONLY", "NOT_SCORED"]
+__all__ = [
+    "Coverage",
+    "rollout_coverage",
+    "rollout_coverages",
+    "summarize",
+    "reason_rows",
+    "MEASURED",
+    "ANSWER_ONLY",
+    "NOT_SCORED",
+]
 
 MEASURED, ANSWER_ONLY, NOT_SCORED = "spans measured", "answer only", "not scored"
 
@@ -82,6 +93,25 @@ def rollout_coverage(
         )
         return Coverage(ANSWER_ONLY, why, truncated, n)
     return Coverage(MEASURED, "", truncated, n)
+
+
+def rollout_coverages(tokenizer, rollouts, spans, params, asked_rows: set[int], gold: bool, max_new_tokens):
+    """:func:`rollout_coverage` of every rollout (``rollouts``: explain's Rollouts; ``spans``: find_spans)."""
+    return [
+        rollout_coverage(tokenizer, r.tolist(), sp, params, done, i in asked_rows, gold, max_new_tokens)  # fmt: skip
+        for i, (r, sp, done) in enumerate(zip(rollouts.responses, spans, rollouts.finished, strict=True))
+    ]
+
+
+def reason_rows(coverages: list[Coverage], names: list[str]) -> list[list]:
+    """One row per (status, reason): its count and the rollouts (``names``; cut ones marked), measured
+    first, then answer-only, then not scored, each by count."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, c in zip(names, coverages, strict=True):
+        groups.setdefault((c.status, c.reason or "-"), []).append(name + (" (cut)" if c.truncated else ""))
+    order = {MEASURED: 0, ANSWER_ONLY: 1, NOT_SCORED: 2}
+    ranked = sorted(groups.items(), key=lambda kv: (order[kv[0][0]], -len(kv[1])))
+    return [[status, reason, len(ids), ", ".join(ids)] for (status, reason), ids in ranked]
 
 
 def summarize(coverages: list[Coverage]) -> dict[str, int]:

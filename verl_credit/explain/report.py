@@ -53,7 +53,7 @@ nav a{margin-right:12px}
 border:1px solid #e5e7eb;border-radius:2px;font-family:ui-monospace,Menlo,Consolas,monospace}.cnone{color:#6b7280}
 .cgrid{display:grid;grid-template-columns:repeat(var(--cols),minmax(0,1fr));gap:6px;margin:8px 0}
 .ccol .tok{font-size:.72em;line-height:1.6;padding:4px 5px}
-.chead{font-size:.78em;font-weight:600;color:#374151;min-height:4em}
+.chead{font-size:.78em;font-weight:600;color:#374151;min-height:4.6em}
 .rhos{display:flex;flex-wrap:wrap;gap:18px}.rhos p{margin:4px 0 0;font-size:.86em}
 """
 

@@ -390,7 +390,7 @@ def _quoted(items) -> str:
 def counterfactual_view(ws: Workspace) -> Section:
     from verl_credit.core.counterfactual import WEIGHT_MODES, span_importance
     from verl_credit.core.groups import contrast_rows
-    from verl_credit.explain.coverage import ANSWER_ONLY, MEASURED, NOT_SCORED, rollout_coverage, summarize
+    from verl_credit.explain.coverage import reason_rows, rollout_coverages, summarize
     from verl_credit.spans import find_spans
     from verl_credit.weighting import apply_counterfactual_weights
 
@@ -430,20 +430,8 @@ def counterfactual_view(ws: Workspace) -> Section:
                     "yes" if float(D[i, k]) > 0 else "",
                 ]
             )
-    asked = set(rows)
-    coverage = [
-        rollout_coverage(
-            ws.tokenizer,
-            ro.responses[i].tolist(),
-            found[i],
-            cf,
-            ro.finished[i],
-            i in asked,
-            cf.answer_source == "gold",
-            ws.max_new_tokens,
-        )  # fmt: skip
-        for i in range(len(ro))
-    ]
+    gold = cf.answer_source == "gold"
+    coverage = rollout_coverages(ws.tokenizer, ro, found, cf, set(rows), gold, ws.max_new_tokens)
     for i, c in enumerate(coverage):  # the detection and the stage's scores must tell the same story
         if c.measured != bool((~torch.isnan(D[i])).any()):
             raise RuntimeError(f"explain: rollout {i}: span detection says {c.status!r}, the scores disagree")
@@ -476,16 +464,7 @@ def counterfactual_view(ws: Workspace) -> Section:
     )
     counts = summarize(coverage)
     markers = _quoted([*cf.answer_markers, cf.boxed_marker])
-    by_reason: dict[tuple[str, str], list[str]] = {}
-    for i, c in enumerate(coverage):
-        by_reason.setdefault((c.status, c.reason or "-"), []).append(
-            f"{ro.uids[i]}.{i}" + (" (cut)" if c.truncated else "")
-        )
-    order = {MEASURED: 0, ANSWER_ONLY: 1, NOT_SCORED: 2}
-    reasons = [
-        [status, reason, len(ids), ", ".join(ids)]
-        for (status, reason), ids in sorted(by_reason.items(), key=lambda kv: (order[kv[0][0]], -len(kv[1])))
-    ]
+    reasons = reason_rows(coverage, [f"{u}.{i}" for i, u in enumerate(ro.uids)])
     return Section(
         key="counterfactual",
         title="Counterfactual span importance",
