@@ -36,6 +36,19 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jso
 BLOG = {"distractor share": "3.5%", "enrichment": "11x (calculation chains)"}
 
 
+def gsm8k_rollouts(tok, rows: list[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(prompts, responses): each problem in the model's chat template, its worked solution (calculator
+    marks removed, ``#### N`` kept) as the response, eos-terminated; 1-D LongTensors."""
+    prompts, responses = [], []
+    for row in rows:
+        chat = [{"role": "user", "content": row["question"] + "\nEnd with '#### <number>'."}]
+        prompt = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        solution = re.sub(r"<<[^>]*>>", "", row["answer"])
+        prompts.append(torch.tensor(tok(prompt, add_special_tokens=False)["input_ids"]))
+        responses.append(torch.tensor(tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+    return prompts, responses
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=60, help="GSM8K problems (default 60)")
@@ -51,13 +64,7 @@ def main(argv=None) -> int:
     model, tok = load_smollm2()
     print(f"loaded SmolLM2-135M-Instruct in {time.perf_counter() - start:.0f}s", file=sys.stderr)
 
-    prompts, responses = [], []
-    for row in rows:
-        chat = [{"role": "user", "content": row["question"] + "\nEnd with '#### <number>'."}]
-        prompt = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        solution = re.sub(r"<<[^>]*>>", "", row["answer"])
-        prompts.append(torch.tensor(tok(prompt, add_special_tokens=False)["input_ids"]))
-        responses.append(torch.tensor(tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+    prompts, responses = gsm8k_rollouts(tok, rows)
 
     cfg = CounterfactualConfig(max_spans=10)
     start = time.perf_counter()

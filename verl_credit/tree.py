@@ -55,6 +55,8 @@ __all__ = [
     "tree_attention_mask",
     "forward_trees",
     "kv_cache_logprobs",
+    "attention_implementation",
+    "unwrap_model",
     "TREE_ATTENTION",
 ]
 
@@ -123,13 +125,16 @@ def build_trees(
     trees = []
     for members in _group_members(groups, len(sequences)):
         base = sequences[members[0]].long()
+        shared = [base.numel()] + [common_prefix_length(base, sequences[v].long()) for v in members[1:]]
+        # the base first, then the members sharing most with it: the base row takes the short
+        # suffixes, and a later row needs only the prefix its own members share
+        order = [0] + sorted(range(1, len(members)), key=lambda j: -shared[j])
         plan: list[tuple[int, int]] = []  # (member, shared prefix length s_m) of the row being filled
         need = suffixes = 0  # base tokens the row carries, suffix tokens after them
-        for v in members:
-            seq = sequences[v].long()
-            is_base = v == members[0]
-            s = base.numel() if is_base else common_prefix_length(base, seq)
-            suffix = 0 if is_base else seq.numel() - s
+        for j in order:
+            v, s = members[j], shared[j]
+            is_base = j == 0
+            suffix = 0 if is_base else sequences[v].numel() - s
             if plan and max_tokens is not None and max(need, s) + suffixes + suffix > max_tokens:
                 trees.append(_tree(sequences, targets, base, need, plan, members[0]))
                 plan, need, suffixes = [], 0, 0
@@ -220,12 +225,23 @@ def tree_attention_mask(
     return (allowed | (eye & ~valid[:, :, None])).unsqueeze(1)
 
 
+def unwrap_model(module):
+    """The transformers model under FSDP1 / PEFT wrappers (FSDP2 wraps in place)."""
+    model = getattr(module, "_fsdp_wrapped_module", module)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
 def attention_implementation(model) -> str:
-    config = getattr(model, "config", None)
+    """The attention implementation a (possibly wrapped) transformers model runs."""
+    config = getattr(unwrap_model(model), "config", None)
     return str(getattr(config, "_attn_implementation", None) or "eager")
 
 
 def _takes_logits_to_keep(model) -> bool:
+    if unwrap_model(model) is not model:  # a wrapper's forward(*args, **kwargs) may not pass it on
+        return False
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):

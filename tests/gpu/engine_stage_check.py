@@ -38,10 +38,12 @@ TEXTS = [
     "She makes 9 * 2 = $18 every day. Then 12 * 7 = 84 apples.\n#### 84",
 ]
 TRUTHS = ["18", "3", "100", "7", "84"]
-CASES = {  # name: (use_remove_padding, fp32, tolerance in nats)
-    "fp32_rmpad": (True, True, 1e-4),
-    "fp32_padded": (False, True, 1e-4),
-    "bf16_rmpad": (True, False, 0.5),
+CASES = {  # name: (use_remove_padding, fp32, tolerance in nats, credit.counterfactual.scoring)
+    "fp32_rmpad": (True, True, 1e-4, "tree"),
+    "fp32_rmpad_naive": (True, True, 1e-4, "naive"),
+    "fp32_padded": (False, True, 1e-4, "tree"),
+    "bf16_rmpad": (True, False, 0.5, "tree"),
+    "bf16_rmpad_naive": (True, False, 0.5, "naive"),
 }
 
 
@@ -117,13 +119,15 @@ def run_case(name: str, device: str, model_dir: str, tok, hf_model) -> bool:
     from verl_credit.scoring import CounterfactualConfig, hf_scorer
     from verl_credit.spans import span_params_of
 
-    rmpad, fp32, tol = CASES[name]
-    cf = CounterfactualConfig(answer_source="gold")
+    rmpad, fp32, tol, scoring = CASES[name]
+    cf = CounterfactualConfig(answer_source="gold", scoring=scoring)
     stage = {
         "counterfactual": config_dict(cf),
         "reference": {"answer_template": "#### {answer}"},
         "span_params": span_params_of(cf),
     }
+    # the reference: one plain forward per sequence (naive), whatever the case scores with
+    naive_stage = {**stage, "counterfactual": config_dict(CounterfactualConfig(answer_source="gold", scoring="naive"))}
     start = time.time()
     worker = CreditActorRolloutRefWorker(
         config=_compose(model_dir, device, rmpad, fp32).actor_rollout_ref, role="actor"
@@ -133,15 +137,19 @@ def run_case(name: str, device: str, model_dir: str, tok, hf_model) -> bool:
     start = time.time()
     out = worker.compute_credit_scores(_shard(tok, stage))
     t_stage = time.time() - start
-    ref = stage_rows(_shard(tok, stage), tok, hf_scorer(hf_model, tok.pad_token_id), stage)
+    ref = stage_rows(_shard(tok, naive_stage), tok, hf_scorer(hf_model, tok.pad_token_id), naive_stage)
     d_cf = _max_diff(out["credit_cf_scores"], ref["credit_cf_scores"])
     d_ref = _max_diff(out["credit_ref_logprobs"], ref["credit_ref_logprobs"], ref["credit_ref_mask"])
     same = all(torch.equal(out[k], ref[k]) for k in ("credit_cf_spans", "credit_cf_answer", "credit_ref_mask"))
     scored = int((~torch.isnan(out["credit_cf_scores"][:, 0])).sum())
-    ok = d_cf <= tol and d_ref <= tol and same and scored > 0
+    # forward tokens of the whole stage (counterfactual + reference) against the naive reference's
+    ratio = float(out["credit_stage_tokens"][:, 0].sum()) / float(ref["credit_stage_tokens"][:, 0].sum())
+    shared = ratio < 0.8 if scoring == "tree" else abs(ratio - 1) < 1e-9  # the tree forward really ran
+    ok = d_cf <= tol and d_ref <= tol and same and scored > 0 and shared
     print(
         f"CASE {name}: {'ok' if ok else 'MISMATCH'} max|cf diff|={d_cf:.3e} max|ref diff|={d_ref:.3e} tol={tol:g} "
-        f"spans/answer/mask equal={same} rows scored={scored} init {t_init:.1f}s stage {t_stage:.2f}s",
+        f"spans/answer/mask equal={same} rows scored={scored} stage tokens vs naive={ratio:.3f} "
+        f"init {t_init:.1f}s stage {t_stage:.2f}s",
         flush=True,
     )
     del worker

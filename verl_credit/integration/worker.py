@@ -9,11 +9,15 @@
           reference      -- log-probs of the reference answer (``reward_model.ground_truth``) after
                             the reasoning of the rows with ``credit_ref_request`` (``scoring.score_reference``).
     stage_rows(data, tokenizer, score_fn, stage) -- the shard logic, engine-free (tested on CPU).
-    engine_scorer(actor, meta) -- a score function over verl's engine.
+    engine_scorer(actor, meta) -- a score function over verl's engine (one forward per sequence).
+    stage_scorer(actor, meta, stage, tokenizer) -- the stage's score function: tree forwards of the
+        FSDP module for counterfactual scores (``credit.counterfactual.scoring=tree``,
+        ``tree_scorer.py``), ``engine_scorer`` otherwise.
 
 Rows not asked for (padding rows, groups that need no scores, duplicates) get NaN scores / empty
-masks. verl's engine runs collectives across the dp group inside ``infer_batch``, so every rank calls
-it once per product even when its shard has nothing to score (it then scores a throw-away sequence).
+masks. verl's engine runs collectives across the dp group inside ``infer_batch``, and FSDP all-gathers
+inside every module forward, so every rank makes the same calls even when its shard has nothing to
+score (it then scores throw-away sequences).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from verl.single_controller.base.decorator import make_nd_compute_dataproto_disp
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from verl_credit.integration.tree_scorer import EngineTreeScorer
 from verl_credit.scoring import CounterfactualConfig, reference_answer, score_reference, score_spans
 from verl_credit.spans import ResponseSpans, SpanParams, find_spans
 
@@ -33,6 +38,7 @@ __all__ = [
     "CreditActorRolloutRefWorker",
     "stage_rows",
     "engine_scorer",
+    "stage_scorer",
     "dp_padded_count",
     "stage_input_fields",
     "STAGE_KEY",
@@ -217,7 +223,19 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
     def compute_credit_scores(self, data: TensorDict) -> TensorDict:
         meta = {k: tu.get(data, key=k) for k in META_KEYS if tu.get(data, key=k) is not None}
         tokenizer = self.actor.model_config.tokenizer
-        return stage_rows(data, tokenizer, engine_scorer(self.actor, meta), tu.get(data, key=STAGE_KEY))
+        stage = tu.get(data, key=STAGE_KEY)
+        return stage_rows(data, tokenizer, stage_scorer(self.actor, meta, stage, tokenizer), stage)
+
+
+def stage_scorer(actor, meta: dict, stage: dict, tokenizer):
+    """The score function of the stage: tree forwards of the FSDP module for the counterfactual
+    product when ``credit.counterfactual.scoring=tree`` (``tree_scorer.EngineTreeScorer``), verl's
+    engine for everything else."""
+    naive = engine_scorer(actor, meta)
+    cf = stage.get("counterfactual")
+    if cf is None or cf.get("scoring", "tree") != "tree":
+        return naive
+    return EngineTreeScorer(actor, meta, cf["max_batch_tokens"], getattr(tokenizer, "pad_token_id", None), naive)
 
 
 def config_dict(config) -> dict:
