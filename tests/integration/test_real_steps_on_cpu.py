@@ -231,8 +231,13 @@ def test_counterfactual_gold_answers_dp2_dynamic_batch(ws, tmp_path, tiny):
     _check_tree_ratio(result, 0.9)
 
 
-def test_counterfactual_own_answers_dp2_fixed_micro_batches(ws, tmp_path, tiny):
-    # 40-token responses: room for the model's own "#### N" after its reasoning
+def test_counterfactual_own_answers_dp2_fixed_micro_batches(tmp_path_factory, tmp_path):
+    # the "long" workspace: multi-step solutions with 3-4 spans and the model's own answer within
+    # 100-token responses, the shape where tree scoring matters
+    ws = build_workspace(tmp_path_factory.mktemp("smoke_long"), solutions="long")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tiny = AutoModelForCausalLM.from_pretrained(ws.model).eval(), AutoTokenizer.from_pretrained(ws.model)
     result, dumps = _run(
         ws,
         tmp_path,
@@ -241,7 +246,8 @@ def test_counterfactual_own_answers_dp2_fixed_micro_batches(ws, tmp_path, tiny):
         dp=2,
         dynamic_bsz=False,
         remove_padding=True,
-        response_length=40,
+        response_length=100,
+        prompt_length=128,
     )
     _common_checks(result, "credit/counterfactual/", dumps)
     config = CounterfactualConfig()
@@ -250,7 +256,7 @@ def test_counterfactual_own_answers_dp2_fixed_micro_batches(ws, tmp_path, tiny):
         torch.testing.assert_close(d["advantages"][keep].double(), expected.double(), rtol=1e-5, atol=1e-5)
     _check_stage_scores(ws, dumps, tiny, config)
     assert sum(r["credit/counterfactual/rollouts_weighted/count"] for r in result.steps) > 0
-    _check_tree_ratio(result, 0.65)
+    _check_tree_ratio(result, 0.5)  # 3-4 spans per rollout: the shared prefixes dominate
     for record, d in zip(result.steps, dumps, strict=True):  # the tokens are exactly the tree layout's
         tree, naive = _tree_layout_tokens(d)
         assert record["credit/stage/forward_tokens/count"] == tree

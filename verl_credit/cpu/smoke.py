@@ -10,7 +10,7 @@ addition problems; the reward is :mod:`verl_credit.cpu.smoke_reward` (mixed outc
 Each step's ``credit/`` metrics are printed. It checks that an estimator works inside verl before
 a GPU run; it does not train anything useful.
 
-    build_workspace(root) -> Workspace           model + tokenizer + train/val parquet under root
+    build_workspace(root, solutions="short") -> Workspace   model + tokenizer + train/val parquet under root
     smoke_overrides(ws, estimator, steps, dp, ...) -> list[str]   the hydra overrides of the run
     run(ws, overrides, ...) -> SmokeResult       launch, wait (bounded), read the metrics
 """
@@ -43,6 +43,35 @@ CORPUS = [
 ] * 10
 
 
+def _long_corpus(seed: int = 0) -> list[str]:
+    """Multi-step solutions with 3-5 spans each (~70 tokens with the smoke BPE), ten number choices
+    per template so that sampled solutions differ in length (the parity reward then mixes groups)."""
+    import random
+
+    rng, lines = random.Random(seed), []
+    for _ in range(10):
+        a, b = rng.randint(2, 30), rng.randint(2, 12)
+        lines += [
+            f"Tom has {a} apples and buys {b} more apples. He puts all the apples together. {a} + {b} = {a + b}. "
+            f"So he has {a + b} apples now.\n#### {a + b}",
+            f"A box holds {a} pens and there are {b} boxes. Each box has the same number of pens. "
+            f"{a} * {b} = {a * b}. The final answer is {a * b}.",
+            f"First we compute the price of the toys. {a} * {b} = {a * b}. Then we subtract the {b} dollars. "
+            f"{a * b} - {b} = {a * b - b}. \\boxed{{{a * b - b}}}",
+            f"She walks {b} km a day for {a} days in a row. Every day the walk is the same. {b} * {a} = {a * b}. "
+            f"So she walks {a * b} km.\n#### {a * b}",
+        ]
+    return lines
+
+
+# the "long" workspace: what a counterfactual stage with several spans per rollout sees; learnt with
+# 1500 imitation steps (~11 s), asked with a longer instruction and sampled with 100-token responses
+LONG_CORPUS = _long_corpus()
+LONG_INSTRUCTION = " Show each step of the work, then write the final answer after ####."
+# name: (corpus, imitation steps, prompt length, response length of a run)
+SOLUTIONS = {"short": (CORPUS, 400, 64, 24), "long": (LONG_CORPUS, 1500, 128, 100)}
+
+
 # every credit feature at once over ktae (the real-step tests' and the benchmark's "combined" run)
 COMBINED_FEATURES = (
     "credit.token_weighting=counterfactual",
@@ -70,8 +99,15 @@ class SmokeResult:
     log_tail: str
 
 
-def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0) -> Workspace:
-    """Tiny Qwen2 (with a chat template) and synthetic addition problems, under ``root``."""
+def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0, solutions: str = "short") -> Workspace:
+    """Tiny Qwen2 (with a chat template) and synthetic addition problems, under ``root``.
+
+    ``solutions``: the style the model imitates, "short" (``CORPUS``: 1-3 spans, about a third of
+    40-token samples end in an answer) or "long" (``LONG_CORPUS`` and ``LONG_INSTRUCTION``: 3-5
+    spans, about two thirds of 100-token samples end in an answer)."""
+    if solutions not in SOLUTIONS:
+        raise ValueError(f"solutions must be one of {sorted(SOLUTIONS)}, got {solutions!r}")
+    corpus, steps, _, _ = SOLUTIONS[solutions]
     import random
 
     from transformers import AutoTokenizer
@@ -80,28 +116,32 @@ def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0) -> 
     from verl_credit.testing import build_tiny_qwen2
 
     root = Path(root)
-    model = root / "model"
+    model = root / ("model" if solutions == "short" else f"model_{solutions}")
     rng = random.Random(seed)
     questions, records = [], []
     for i in range(num_problems):
         a, b = rng.randint(2, 30), rng.randint(2, 30)
         questions.append(f"Tom has {a} apples and buys {b} more. How many apples does he have?")
+        if solutions == "long":
+            questions[-1] += LONG_INSTRUCTION
         records.append(
             verl_record(questions[-1], str(a + b), data_source="smoke/add", split="train", index=i, instruction="")
         )
     if not (model / "config.json").exists():
-        build_tiny_qwen2(model, CORPUS, vocab_size=300, hidden=64, heads=4, seed=seed)
+        build_tiny_qwen2(model, corpus, vocab_size=300, hidden=64, heads=4, seed=seed)
         tokenizer = AutoTokenizer.from_pretrained(model)
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(model)
-        _imitate_corpus(model, tokenizer, questions, seed)
+        _imitate_corpus(model, tokenizer, questions, seed, corpus, steps)
     train = write_parquet(records, root / "data" / "train.parquet")
     val = write_parquet(records[:4], root / "data" / "val.parquet")
     return Workspace(root=root, model=model, train=train, val=val)
 
 
-def _imitate_corpus(model_dir: Path, tokenizer, questions: list[str], seed: int, steps: int = 400) -> None:
-    """A few seconds of next-token training on chat-formatted ``CORPUS`` answers to ``questions``, so
+def _imitate_corpus(
+    model_dir: Path, tokenizer, questions: list[str], seed: int, corpus: list[str] = CORPUS, steps: int = 400
+) -> None:
+    """A few seconds of next-token training on chat-formatted ``corpus`` answers to ``questions``, so
     sampled responses have sentences, arithmetic and answer markers (spans and answers for the
     counterfactual stage) rather than uniform noise: at temperature 1 about a third of 40-token
     samples end in an answer."""
@@ -115,7 +155,7 @@ def _imitate_corpus(model_dir: Path, tokenizer, questions: list[str], seed: int,
         + answer
         + tokenizer.eos_token
         for q in questions
-        for answer in dict.fromkeys(CORPUS)
+        for answer in dict.fromkeys(corpus)
     ]
     encoded = [torch.tensor([tokenizer(t)["input_ids"]]) for t in texts]
     order = torch.randint(len(encoded), (steps,), generator=torch.Generator().manual_seed(seed))
@@ -135,6 +175,7 @@ def smoke_overrides(
     prompts: int = 4,
     n: int = 4,
     response_length: int = 24,
+    prompt_length: int = 64,
     dynamic_bsz: bool = True,
     remove_padding: bool = False,
     extra: list[str] | tuple[str, ...] = (),
@@ -143,14 +184,14 @@ def smoke_overrides(
     sizes, the CPU pieces (``hf_cpu`` rollout, fsdp2, sdpa, logical Ray GPUs, one TQ storage unit)
     and the smoke reward. ``extra`` comes last and wins."""
     rows = prompts * n
-    tokens = 2 * (64 + response_length) * max(1, rows // dp)
+    tokens = 2 * (prompt_length + response_length) * max(1, rows // dp)
     return [
         f"algorithm.adv_estimator={estimator}",
         "algorithm.use_kl_in_reward=false",
         f"data.train_files={ws.train}",
         f"data.val_files={ws.val}",
         f"data.train_batch_size={prompts}",
-        "data.max_prompt_length=64",
+        f"data.max_prompt_length={prompt_length}",
         f"data.max_response_length={response_length}",
         "data.dataloader_num_workers=0",
         f"actor_rollout_ref.model.path={ws.model}",
@@ -291,6 +332,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="extra hydra override, e.g. --set credit.token_weighting=counterfactual; repeatable",
     )
+    parser.add_argument(
+        "--solutions",
+        choices=sorted(SOLUTIONS),
+        default="short",
+        help="the style the tiny model imitates: short (1-3 spans, 24-token responses) or long (3-4 spans, "
+        "100-token responses: several spans per rollout for the counterfactual stage)",
+    )
     parser.add_argument("--workdir", default="outputs/smoke", help="model, data, log and metrics go here")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before the run is killed")
     parser.add_argument("--dump", default=None, metavar="DIR", help="write each step's batch and advantages here")
@@ -301,8 +349,11 @@ def main(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.dp < 1:
         print("verl-credit smoke: error: --steps and --dp must be >= 1", file=sys.stderr)
         return 2
-    ws = build_workspace(args.workdir)
-    overrides = smoke_overrides(ws, args.estimator, args.steps, args.dp, extra=args.overrides)
+    ws = build_workspace(args.workdir, solutions=args.solutions)
+    _, _, prompt, response = SOLUTIONS[args.solutions]
+    overrides = smoke_overrides(
+        ws, args.estimator, args.steps, args.dp, response_length=response, prompt_length=prompt, extra=args.overrides
+    )
     result = run(ws, overrides, args.timeout, tuple(args.imports), args.dump, echo=not args.quiet)
     for record in result.steps:
         credit = {k: v for k, v in sorted(record.items()) if k.startswith("credit/")}
