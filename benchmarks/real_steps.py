@@ -1,7 +1,8 @@
 """Real verl PPO steps on the CPU, one run per configuration: wall time, step times, the stage's share.
 
 Each run is ``verl-credit smoke`` (verl's own main_ppo, trainer, FSDP2 workers on gloo, TransferQueue,
-agent loop; tiny Qwen2, 4 prompts x 4 rollouts, 24-token responses). Printed per run: the wall time
+agent loop; tiny Qwen2, 4 prompts x 4 rollouts, 24-token responses; the ``*_long`` runs use the
+"long" workspace: 3-5 spans per solution, 100-token responses). Printed per run: the wall time
 of the whole process (Ray start-up included), the time of each step (``timing_s/step``), the scoring
 stage's time and its share of the step (``timing_s/credit_scoring_stage / timing_s/step``), and the
 stage's forward tokens against the naive count. Step 1 includes the agent loop's first requests.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from verl_credit.cpu.smoke import COMBINED_FEATURES, build_workspace, run, smoke_overrides
+from verl_credit.cpu.smoke import COMBINED_FEATURES, SOLUTIONS, build_workspace, run, smoke_overrides
 
 CONFIGS = {
     "grpo": ("grpo", [], {}),
@@ -24,6 +25,9 @@ CONFIGS = {
     "counterfactual_dp2": ("counterfactual", ["credit.counterfactual.answer_source=gold"], {"dp": 2}),
     "variance_weighted": ("variance_weighted", [], {}),
     "combined": ("ktae", list(COMBINED_FEATURES), {"remove_padding": True}),
+    # the "long" workspace (3-5 spans per 100-token solution): the stage with tree vs naive scoring
+    "counterfactual_long_tree": ("counterfactual", [], {"solutions": "long"}),
+    "counterfactual_long_naive": ("counterfactual", ["credit.counterfactual.scoring=naive"], {"solutions": "long"}),
 }
 
 
@@ -33,13 +37,20 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args(argv)
-    ws = build_workspace(tempfile.mkdtemp(prefix="real_steps_"))
+    root = tempfile.mkdtemp(prefix="real_steps_")
+    workspaces = {}
     print(f"{'run':<20} {'wall s':>7}  {'step times s':<22} {'stage s (share)':<28} {'tokens vs naive':>15}")
     failed = 0
     for name in args.only.split(","):
         estimator, extra, kw = CONFIGS[name]
-        dp = kw.pop("dp", 1)
-        result = run(ws, smoke_overrides(ws, estimator, args.steps, dp, extra=extra, **kw), args.timeout)
+        dp, solutions = kw.pop("dp", 1), kw.pop("solutions", "short")
+        if solutions not in workspaces:
+            workspaces[solutions] = build_workspace(f"{root}/{solutions}", solutions=solutions)
+        ws, (_, _, prompt, response) = workspaces[solutions], SOLUTIONS[solutions]
+        overrides = smoke_overrides(
+            ws, estimator, args.steps, dp, prompt_length=prompt, response_length=response, extra=extra, **kw
+        )
+        result = run(ws, overrides, args.timeout)
         if result.returncode != 0 or len(result.steps) < args.steps:
             failed += 1
             print(f"{name:<20} FAILED (exit {result.returncode}); log tail:\n{result.log_tail[-1500:]}")

@@ -357,3 +357,8 @@ def test_broken_config_fails_before_ray(ws, tmp_path):
     assert result.returncode != 0
     assert re.search(r"rollout\.n", result.log_tail), result.log_tail
     assert "Started a local Ray" not in result.log_tail
+
+
+def test_an_unknown_solution_style_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="solutions must be one of"):
+        build_workspace(tmp_path, solutions="medium")

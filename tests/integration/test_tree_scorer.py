@@ -69,6 +69,23 @@ def test_tree_scores_equal_naive_and_the_attention_is_restored(tiny):
     assert scorer.forward_tokens == seqs[0].numel() + seqs[1].numel() - 3  # the variant's suffix from 3 on
 
 
+def test_a_model_without_sdpa_runs_the_tree_with_eager_attention(tiny, monkeypatch):
+    model, tok = tiny
+    seqs, targets, groups = _group(tok)
+    assert tree_scorer.tree_attention(model) == "sdpa"
+    monkeypatch.setattr(type(model), "_supports_sdpa", False)
+    assert tree_scorer.tree_attention(model) == "eager"
+    seen = []
+    real = tree_scorer.forward_trees
+    monkeypatch.setattr(
+        tree_scorer, "forward_trees", lambda m, *a, **k: seen.append(m.config._attn_implementation) or real(m, *a, **k)
+    )
+    got = EngineTreeScorer(_actor(model), {}, 4096, tok.pad_token_id, naive=None)(seqs, targets, groups)
+    assert seen == ["eager"] and model.config._attn_implementation == "sdpa"
+    for g, w in zip(got, HFScorer(model, tok.pad_token_id)(seqs, targets), strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
+
+
 def test_attention_is_restored_after_an_error(tiny):
     model, _ = tiny
     with pytest.raises(ValueError), scoring_attention(model, "eager"):

@@ -116,7 +116,8 @@ def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0, sol
     from verl_credit.testing import build_tiny_qwen2
 
     root = Path(root)
-    model = root / ("model" if solutions == "short" else f"model_{solutions}")
+    suffix = "" if solutions == "short" else f"_{solutions}"  # one workdir can hold both workspaces
+    model, data = root / f"model{suffix}", root / f"data{suffix}"
     rng = random.Random(seed)
     questions, records = [], []
     for i in range(num_problems):
@@ -133,8 +134,8 @@ def build_workspace(root: str | Path, num_problems: int = 16, seed: int = 0, sol
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(model)
         _imitate_corpus(model, tokenizer, questions, seed, corpus, steps)
-    train = write_parquet(records, root / "data" / "train.parquet")
-    val = write_parquet(records[:4], root / "data" / "val.parquet")
+    train = write_parquet(records, data / "train.parquet")
+    val = write_parquet(records[:4], data / "val.parquet")
     return Workspace(root=root, model=model, train=train, val=val)
 
 

@@ -7,17 +7,19 @@
         reference product, ``scoring=naive``) it hands the sequences to verl's engine
         (``worker.engine_scorer``).
     tree_unsupported(actor) -> str | None -- why the tree forward cannot run on this engine.
+    tree_attention(module) -> "sdpa" | "eager" -- what the tree forward switches the model to.
 
 Why not verl's ``infer_batch``: with ``use_remove_padding`` the engine packs rows and passes
 ``attention_mask=None`` with the given ``position_ids`` to flash attention, which would read a
 tree row's position resets as sequence starts and score it wrong. The tree forward therefore
 never goes through the engine's input preparation: it passes a 4D mask that only SDPA / eager
-accept, and ``tree.forward_trees`` refuses any other attention implementation (the guard).
+accept, and ``tree.forward_trees`` refuses any other attention implementation (the guard). A
+model without SDPA support runs the tree with eager attention (exact, slower).
 
 Falls back to the engine (naive scoring, logged once per process) when the tree forward would not
 be exact: Ulysses sequence parallelism (it lives in verl's patched flash-attention forward), fused
-kernels (verl replaces the model's forward, no logits), a model without SDPA support, or an
-engine that is not verl's FSDP engine.
+kernels (verl replaces the model's forward, no logits), or an engine that is not verl's FSDP
+engine.
 
 dp ranks: every rank of the dp group makes the same number of module forwards (an all-reduce MAX
 of the forward count; ranks with fewer run a two-token throw-away row), because FSDP all-gathers
@@ -33,7 +35,7 @@ import torch
 
 from verl_credit.tree import build_trees, forward_trees, pack_rows, unwrap_model
 
-__all__ = ["EngineTreeScorer", "tree_unsupported", "scoring_attention"]
+__all__ = ["EngineTreeScorer", "tree_unsupported", "tree_attention", "scoring_attention"]
 
 logger = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -50,10 +52,13 @@ def tree_unsupported(actor) -> str | None:
     engine_config = getattr(actor, "engine_config", None)
     if engine_config is not None and getattr(engine_config, "use_fused_kernels", False):
         return "use_fused_kernels replaces the model's forward (no logits to score)"
-    model = unwrap_model(module)
-    if not getattr(model, "_supports_sdpa", False):
-        return f"{type(model).__name__} does not support SDPA attention (a tree needs a 4D mask)"
     return None
+
+
+def tree_attention(module) -> str:
+    """The attention the tree forward runs: SDPA where the model supports it, else eager (every
+    transformers model has it; it takes the tree mask as a float bias, exact but slower)."""
+    return "sdpa" if getattr(unwrap_model(module), "_supports_sdpa", False) else "eager"
 
 
 @contextmanager
@@ -112,7 +117,8 @@ class EngineTreeScorer:
         device = next(engine.module.parameters()).device.type
         autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device_type=device, dtype=dtype)
         out: dict[int, torch.Tensor] = {}
-        with engine.eval_mode(), torch.no_grad(), scoring_attention(engine.module), autocast:
+        attention = scoring_attention(engine.module, tree_attention(engine.module))
+        with engine.eval_mode(), torch.no_grad(), attention, autocast:
             for i in range(calls):
                 rows = [trees[j] for j in batches[i]] if i < len(batches) else throwaway
                 scored = forward_trees(engine.module, rows, self.pad_id, self.temperature)
