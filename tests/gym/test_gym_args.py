@@ -42,6 +42,8 @@ def test_estimators_and_imports_take_spaces_commas_and_repeats():
         ["--estimators", "grpo", "--estimators", "ktae,counterfactual:inverted"],
     ):
         assert [m.label for m in check_args(_parse(argv))] == ["grpo", "ktae", "counterfactual:inverted"], argv
+    methods = check_args(_parse(["--estimators", "grpo+lr,grpo+lr:group", "--train-prompts", "96"]))
+    assert [m.length_reward for m in methods] == ["first_seen", "group"]
     assert [m.label for m in check_args(_parse([]))] == list(DEFAULT_METHODS)
     assert _parse(["--import", "json,math", "--import", "os"]).imports == ["json,math", "os"]
     check_args(_parse(["--import", "json,math", "--import", "os"]))
@@ -51,7 +53,14 @@ def test_estimators_and_imports_take_spaces_commas_and_repeats():
     "argv, expected",
     [
         (["--estimators", "no_such_estimator"], "--estimators no_such_estimator: unknown verl_credit estimator"),
-        (["--estimators", "grpo+zz"], "--estimators grpo+zz: unknown batching option 'zz'"),
+        (["--estimators", "grpo+zz"], "--estimators grpo+zz: unknown method option 'zz'; known: qp, rb, lr,"),
+        (["--estimators", "grpo+qp:x"], "--estimators grpo+qp:x: unknown method option 'qp:x'"),
+        (
+            ["--estimators", "grpo+lr:best"],
+            "--estimators grpo+lr:best: credit.length_reward.anchor must be one of first_seen, group, got 'best'",
+        ),
+        (["--estimators", "grpo+lr+lr:group"], "--estimators grpo+lr+lr:group: option '+lr' given twice"),
+        (["--train-prompts", "4"], "--train-prompts must be an integer >= the prompts per step (8), got 4"),
         (["--estimators", "ktae:random"], "--estimators ktae:random: a ':mode' suffix is only for counterfactual"),
         (["--estimators", "counterfactual:best"], "--estimators counterfactual:best: credit.counterfactual.mode"),
         (["--estimators", ","], "--estimators names no method"),

@@ -52,7 +52,8 @@ def test_bootstrap_interval_brackets_the_point_and_is_seeded():
 def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "gym"
     argv = ["gym", "--quick", "--out", str(out), "--estimators", "grpo", "ktae", "counterfactual:inverted"]
-    argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "--import", "json", "--threads", "1"]
+    argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "grpo+lr", "--import", "json", "--threads", "1"]
+    argv += ["--train-prompts", "8"]  # quick: 2 steps x 8 prompts, every prompt seen in both steps
     assert main(argv) == 0
     for name in ("results.json", "results.md", "credit_auc.png", "learning_curves.png"):
         assert (out / name).stat().st_size > 0, name
@@ -69,10 +70,23 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
         "variance_weighted",
         "gym_test_half_credit",
         "grpo+qp+rb",
+        "grpo+lr",
     ]
+    runs = {r["method"]: r for r in result["runs"]}
+    for run in runs.values():  # held-out length at every evaluation, in tokens (eos included)
+        assert [s for s, *_ in run["curve_length"]] == [s for s, _ in run["curve"]] == [0, 2]
+        assert all(1 <= length <= 48 for _, length, _ in run["curve_length"])
+        assert 1 <= run["final_greedy_length"] <= 48
+    lr = runs["grpo+lr"]["metrics"]
+    # the shaping saw the raw rewards; the first-seen anchors were set in step 1 and reused in step 2
+    assert lr["length_reward/raw_score/mean"] == pytest.approx(lr["reward/mean"], abs=1e-6)
+    assert lr["length_reward/shaped_score/mean"] != pytest.approx(lr["reward/mean"], abs=1e-3)
+    assert lr["length_reward/anchor_prompts/count"] == 8 and lr["length_reward/anchor_new_prompts/count"] == 4
+    assert not any(k.startswith("length_reward/") for k in runs["grpo"]["metrics"])
     assert 0.0 <= result["warm_start"]["pass_rate"] <= 1.0
     table = (out / "results.md").read_text()
     assert "| gym_test_half_credit |" in table
+    assert "### Held-out pass@1 per evaluation step" in table and "### Mean response length" in table
     assert (out / "credit_auc.png").read_bytes()[:4] == b"\x89PNG"
     # a second run reuses the warm-started model
     assert main([*argv, "--skip-learning"]) == 0

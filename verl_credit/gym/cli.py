@@ -1,7 +1,9 @@
 """``verl-credit gym``: arguments and the run from warm start to report.
 
     add_arguments(parser)   -- the subcommand's options (used by ``verl_credit.cli``).
-    check_args(args)        -- ``--import`` and ``--estimators`` checked before any model is built.
+    check_args(args)        -- ``--import``, ``--estimators`` and the learning options checked before any
+                               model is built.
+    learn_config(args)      -- the LearnConfig the options give.
     run(args) -> dict       -- warm start (cached), credit precision, learning, report.
 
 Randomness: every sample, split and control is seeded from ``--seed`` and the run seed; what is
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from verl_credit.cli_args import UsageError, add_import_argument, import_modules, name_list, positive_int, usage_exit
 
-__all__ = ["add_arguments", "check_args", "run", "DEFAULT_METHODS"]
+__all__ = ["add_arguments", "check_args", "learn_config", "run", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = (
     "grpo",
@@ -43,13 +45,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="extend",
         default=None,
         metavar="METHOD",
-        help="separated by spaces or commas; name[:mode][+qp][+rb]: grpo or a registered estimator; "
+        help="separated by spaces or commas; name[:mode][+qp][+rb][+lr[:anchor]]: grpo or a registered estimator; "
         "counterfactual modes counterfactual|uniform|random|inverted; +qp query-preserved, +rb reward-balanced "
-        f"batching (default: {' '.join(DEFAULT_METHODS)})",
+        "batching; +lr the length reward (Bingo, credit.length_reward) before the estimator, anchor first_seen "
+        f"(default) or group (default: {' '.join(DEFAULT_METHODS)})",
     )
     add_import_argument(p, "modules to import first (your estimators), separated by spaces or commas")
     p.add_argument("--seeds", type=positive_int, default=None, help="RL seeds per method (default 3, quick 1)")
     p.add_argument("--steps", type=positive_int, default=None, help="RL steps per run (default 60, quick 2)")
+    p.add_argument(
+        "--train-prompts",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train on a fixed set of N prompts visited in shuffled epochs (prompts recur, as in verl; "
+        "N >= 8, the prompts per step) instead of a fresh prompt every time (default)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the task, the warm start and the credit sample")
     p.add_argument("--target-gain", type=float, default=0.1, help="target = starting accuracy + this")
     p.add_argument("--skip-learning", action="store_true", help="measurement 1 only")
@@ -58,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_args(args) -> list:
-    """``--import`` then ``--estimators`` (parsed methods), checked before any model is built;
+    """``--import``, ``--estimators`` (parsed methods), ``--steps``, ``--seeds`` and ``--train-prompts``,
+    checked before any model is built;
     UsageError naming the option otherwise."""
     from verl_credit.gym.rollout import parse_method
 
@@ -78,7 +90,24 @@ def check_args(args) -> list:
         value = getattr(args, name, None)
         if value is not None and not (isinstance(value, int) and value >= 1):
             raise UsageError(f"--{name} must be an integer >= 1, got {value!r}")
+    learn_config(args)
     return methods
+
+
+def learn_config(args):
+    """The LearnConfig of ``args`` (``--quick``, ``--steps``, ``--train-prompts``); UsageError naming
+    the option when it is out of range."""
+    from verl_credit.gym.learn import LearnConfig
+
+    extra = {"steps": args.steps} if args.steps else {}
+    if getattr(args, "train_prompts", None) is not None:
+        extra["train_prompts"] = args.train_prompts
+    try:
+        if args.quick:
+            return LearnConfig(**{"steps": 2, **extra}, eval_every=2, eval_samples=2)
+        return LearnConfig(**extra)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def run(args) -> dict:
@@ -89,7 +118,7 @@ def run(args) -> dict:
 
     from verl_credit.config import CreditConfig
     from verl_credit.gym.credit import credit_precision
-    from verl_credit.gym.learn import LearnConfig, summarize, train_one
+    from verl_credit.gym.learn import summarize, train_one
     from verl_credit.gym.model import ModelConfig, load_policy, warm_start
     from verl_credit.gym.report import write_report
     from verl_credit.gym.rollout import parse_method, sample
@@ -105,11 +134,10 @@ def run(args) -> dict:
     task_cfg = TaskConfig()
     if args.quick:
         model_cfg = ModelConfig(sft_examples=1500, sft_steps=400)
-        learn_cfg = LearnConfig(steps=args.steps or 2, eval_every=2, eval_samples=2)
         credit_prompts, n_boot, held_n, seeds = 16, 200, 32, args.seeds or 1
     else:
         model_cfg, credit_prompts, n_boot, held_n, seeds = ModelConfig(), 96, 1000, 128, args.seeds or 3
-        learn_cfg = LearnConfig(steps=args.steps) if args.steps else LearnConfig()
+    learn_cfg = learn_config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"gym: warm start (cached in {out / 'model'})")

@@ -2,21 +2,30 @@
 
 Public API:
     LearnConfig                                 -- budget and optimiser settings.
+    train_stream(cfg, per_step, seed, task_cfg) -> list[Problem]  -- a run's training prompts, in order.
     train_one(method, seed, path, held_out, cfg, config, log) -> dict  (curve, final accuracy, seconds)
-    summarize(runs, target) -> list[dict]       -- per method: mean curve, final accuracy with a 95%
-                                                   t-interval over seeds, steps to reach ``target``.
+    summarize(runs, target) -> list[dict]       -- per method: mean curve with a 95% t-interval over
+                                                   seeds at every evaluation, mean length curves, final
+                                                   accuracy, steps to reach ``target``.
 
 One step (B = prompts_per_step x group_size rollouts):
     1. sample G responses per prompt (temperature 1, ``max_new_tokens``), grade them (0/1);
        reward-balanced (``+rb``): sample twice the prompts and keep ``prompts_per_step`` groups
        chosen by ``core.reward_buffer.select_balanced_groups`` (positive share within [rho, 1 - rho]);
-    2. old log-probs (no grad); advantages with ``rollout.estimate`` (the integration's path);
+    2. old log-probs (no grad); length reward (``+lr``, ``gym.length_reward``): the outcome rewards
+       shaped as the trainer's ``LengthRewardMixin`` does, before the estimator, with the run's
+       lambda_dyn schedule and first-seen anchors kept across steps; advantages with
+       ``rollout.estimate`` (the integration's path) on the (shaped) rewards;
     3. ``ppo_epochs`` passes over ``mini_batches`` mini-batches: rows shuffled, or whole groups per
        mini-batch (query-preserved, ``+qp``); loss = verl's ``get_policy_loss_fn("vanilla")``
        (clipped PPO, dual clip; it aggregates with verl's ``agg_loss``, "token-mean"), AdamW,
        gradient norm clipped at 1;
     4. every ``eval_every`` steps: held-out accuracy = pass@1 at temperature 1 (``eval_samples``
-       samples per problem, fixed seed), the quantity RL optimises; greedy accuracy at the end.
+       samples per problem, fixed seed), the quantity RL optimises, and the mean response length of
+       those samples (all, and correct ones); greedy accuracy and length at the end.
+Training prompts: a fresh stream (every prompt seen once, ``train_prompts=None``) or a fixed set
+of ``train_prompts`` problems visited in epochs, each epoch in a new seeded order (verl's
+shuffled dataloader), so that prompts recur and the length reward's first-seen anchors are reused.
 The uniform counterfactual control gives weights exactly 1: its run is the GRPO run.
 """
 
@@ -32,11 +41,12 @@ from verl.workers.config.actor import ActorConfig
 
 from verl_credit.config import CreditConfig
 from verl_credit.core.reward_buffer import select_balanced_groups
+from verl_credit.gym.length_reward import GymLengthReward
 from verl_credit.gym.model import load_policy, response_logprobs
-from verl_credit.gym.rollout import Method, estimate, evaluate, evaluate_sampled, sample
-from verl_credit.gym.task import TaskConfig, make_problems
+from verl_credit.gym.rollout import Method, estimate, evaluate_stats, sample
+from verl_credit.gym.task import Problem, TaskConfig, make_problems
 
-__all__ = ["LearnConfig", "train_one", "summarize"]
+__all__ = ["LearnConfig", "train_stream", "train_one", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ class LearnConfig:
     lr: AdamW learning rate (1e-4; 1e-3 and 3e-4 collapsed GRPO on this model). ppo_epochs (1),
     mini_batches (2), clip_ratio (0.2). eval_every: steps between held-out evaluations (10);
     eval_samples: samples per held-out problem (4). rho: reward-balanced share (0.25).
+    train_prompts: None (a fresh prompt every time) or the size of a fixed training set visited in
+    epochs (prompts recur; >= prompts_per_step).
     """
 
     steps: int = 60
@@ -59,6 +71,29 @@ class LearnConfig:
     eval_every: int = 10
     eval_samples: int = 4
     rho: float = 0.25
+    train_prompts: int | None = None
+
+    def __post_init__(self):
+        if self.train_prompts is not None and not (
+            isinstance(self.train_prompts, int) and self.train_prompts >= self.prompts_per_step
+        ):
+            raise ValueError(
+                f"--train-prompts must be an integer >= the prompts per step ({self.prompts_per_step}), "
+                f"got {self.train_prompts!r}"
+            )
+
+
+def train_stream(cfg: LearnConfig, per_step: int, seed: int, task_cfg: TaskConfig) -> list[Problem]:
+    """The ``cfg.steps * per_step`` training prompts of run ``seed``, in order: a fresh stream, or
+    (``cfg.train_prompts``) epochs over a fixed set, each epoch a seeded permutation of it."""
+    n = cfg.steps * per_step
+    if cfg.train_prompts is None:
+        return make_problems(n, seed=10_000 + seed, config=task_cfg)
+    pool = make_problems(cfg.train_prompts, seed=10_000 + seed, config=task_cfg)
+    gen = torch.Generator().manual_seed(20_000 + seed)
+    epochs = -(-n // len(pool))
+    order = torch.cat([torch.randperm(len(pool), generator=gen) for _ in range(epochs)])[:n]
+    return [pool[i] for i in order.tolist()]
 
 
 def _minibatches(uids: list[str], n: int, query_preserved: bool, gen: torch.Generator) -> list[torch.Tensor]:
@@ -77,7 +112,9 @@ def _minibatches(uids: list[str], n: int, query_preserved: bool, gen: torch.Gene
 def train_one(
     method: Method, seed: int, path, held_out, cfg: LearnConfig, config: CreditConfig, task_cfg: TaskConfig, log=print
 ):
-    """One RL run from the warm start -> {"method", "seed", "curve": [(step, acc)], "final", "seconds", ...}."""
+    """One RL run from the warm start -> {"method", "seed", "curve": [(step, acc)], "final",
+    "curve_length": [(step, mean length, mean length of correct)], "final_greedy",
+    "final_greedy_length", "seconds", "metrics"}."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     model, tokenizer = load_policy(path)
@@ -91,14 +128,23 @@ def train_one(
     )
     loss_fn = get_policy_loss_fn("vanilla")
     per_step = cfg.prompts_per_step * (2 if method.reward_balanced else 1)
-    stream = make_problems(cfg.steps * per_step, seed=10_000 + seed, config=task_cfg)
+    stream = train_stream(cfg, per_step, seed, task_cfg)
     gen = torch.Generator().manual_seed(seed)
+    length_reward = GymLengthReward(config, method.length_reward) if method.length_reward else None
+    curve, curve_length = [], []
 
-    def accuracy():
-        return evaluate_sampled(model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=12_345)
+    def evaluate_at(step):
+        stats = evaluate_stats(model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=12_345)
+        curve.append((step, stats.accuracy))
+        curve_length.append((step, stats.length, stats.length_correct))
 
-    curve = [(0, accuracy())]
-    history: dict[str, list[float]] = {"reward/mean": [], "pg_clipfrac/mean": [], "balanced/fraction": []}
+    evaluate_at(0)
+    history: dict[str, list[float]] = {
+        "reward/mean": [],
+        "response_length/mean": [],
+        "pg_clipfrac/mean": [],
+        "balanced/fraction": [],
+    }
     for step in range(cfg.steps):
         problems = stream[step * per_step : (step + 1) * per_step]
         r = sample(
@@ -113,8 +159,13 @@ def train_one(
             r = r.select(rows)
             history["balanced/fraction"].append(float(ok))
         history["reward/mean"].append(float(r.rewards.mean()))
+        history["response_length/mean"].append(float(r.response_mask.sum(1).double().mean()))
         with torch.no_grad():
             old = response_logprobs(model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
+        if length_reward is not None:  # reward shaping before the estimator, as the trainer does
+            r, _, lr_metrics = length_reward.apply(r, old, tokenizer, step + 1)
+            for key, value in lr_metrics.items():
+                history.setdefault(key, []).append(value)
         adv = estimate(method, r, model, tokenizer, config, step, old_log_probs=old).advantages.detach()
         mask = r.response_mask.float()
         for _ in range(cfg.ppo_epochs):
@@ -129,56 +180,80 @@ def train_one(
                 opt.step()
                 history["pg_clipfrac/mean"].append(float(metrics["actor/pg_clipfrac"]))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            curve.append((step + 1, accuracy()))
-            log(f"  {method.label:<26} seed {seed} step {step + 1:3d}  held-out acc {curve[-1][1]:.3f}")
+            evaluate_at(step + 1)
+            log(
+                f"  {method.label:<26} seed {seed} step {step + 1:3d}  held-out acc {curve[-1][1]:.3f}"
+                f"  length {curve_length[-1][1]:.1f}"
+            )
     # verl's agg_loss as a metric aggregator too: token-mean |advantage| of the last batch
     adv_abs = float(agg_loss(adv.abs(), mask, "token-mean"))
     metrics_out = {k: float(np.mean(v)) for k, v in history.items() if v}
     metrics_out["advantage_abs/token_mean"] = adv_abs
+    greedy = evaluate_stats(model, tokenizer, held_out, None, cfg.max_new_tokens)
     return {
         "method": method.label,
         "seed": seed,
         "curve": curve,
+        "curve_length": curve_length,
         "final": curve[-1][1],
-        "final_greedy": evaluate(model, tokenizer, held_out, cfg.max_new_tokens),
+        "final_greedy": greedy.accuracy,
+        "final_greedy_length": greedy.length,
         "seconds": time.perf_counter() - start,
         "metrics": metrics_out,
     }
 
 
-def summarize(runs: list[dict], target: float) -> list[dict]:
-    """Per method (in first-seen order): mean curve over seeds, final accuracy mean and 95% t-interval,
-    steps to reach ``target`` (median over seeds of the first evaluated step with acc >= target;
-    None when fewer than half of the seeds reach it), and the seconds per run."""
+def _t_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% t half-width over axis 0 (seeds); NaN half-width for one seed. (S, ...) -> (...), (...)."""
     from scipy import stats
 
+    mean = values.mean(0)
+    S = values.shape[0]
+    if S < 2:
+        return mean, np.full_like(mean, np.nan)
+    return mean, stats.t.ppf(0.975, S - 1) * values.std(0, ddof=1) / np.sqrt(S)
+
+
+def summarize(runs: list[dict], target: float) -> list[dict]:
+    """Per method (in first-seen order): mean curve over seeds with its 95% t-interval at every
+    evaluation step, mean response-length curves (all held-out samples, correct ones), final accuracy
+    mean and 95% t-interval, steps to reach ``target`` (median over seeds of the first evaluated step
+    with acc >= target; None when fewer than half of the seeds reach it), final greedy accuracy and
+    length, and the seconds per run."""
     out = []
     for name in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == name]
-        finals = np.array([r["final"] for r in rs])
-        mean = float(finals.mean())
-        if len(finals) > 1:
-            half = float(stats.t.ppf(0.975, len(finals) - 1) * finals.std(ddof=1) / np.sqrt(len(finals)))
-        else:
-            half = float("nan")
+        curves = np.array([[a for _, a in r["curve"]] for r in rs], dtype=np.float64)
+        curve_mean, curve_half = _t_interval(curves)
+        mean, half = float(curve_mean[-1]), float(curve_half[-1])
         reach = [next((s for s, a in r["curve"] if a >= target), None) for r in rs]
         hit = sorted(s for s in reach if s is not None)
         steps_to_target = float(np.median(hit)) if len(hit) * 2 >= len(rs) and hit else None
-        curves = np.array([[a for _, a in r["curve"]] for r in rs])
-        out.append(
-            {
-                "method": name,
-                "seeds": len(rs),
-                "final_acc": mean,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
-                "steps_to_target": steps_to_target,
-                "seeds_reaching_target": len(hit),
-                "curve_steps": [s for s, _ in rs[0]["curve"]],
-                "curve_mean": curves.mean(0).tolist(),
-                "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
-                "final_greedy_acc": float(np.mean([r["final_greedy"] for r in rs])),
-                "reward_mean": float(np.mean([r["metrics"].get("reward/mean", np.nan) for r in rs])),
-            }
-        )
+        lengths = np.array([[row[1:] for row in r.get("curve_length", [])] for r in rs], dtype=np.float64)
+        row = {
+            "method": name,
+            "seeds": len(rs),
+            "final_acc": mean,
+            "ci_low": mean - half,
+            "ci_high": mean + half,
+            "steps_to_target": steps_to_target,
+            "seeds_reaching_target": len(hit),
+            "curve_steps": [s for s, _ in rs[0]["curve"]],
+            "curve_mean": curve_mean.tolist(),
+            "curve_ci_low": (curve_mean - curve_half).tolist(),
+            "curve_ci_high": (curve_mean + curve_half).tolist(),
+            "curve_seeds": curves.tolist(),
+            "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
+            "final_greedy_acc": float(np.mean([r["final_greedy"] for r in rs])),
+            "final_greedy_length": float(np.mean([r.get("final_greedy_length", np.nan) for r in rs])),
+            "reward_mean": float(np.mean([r["metrics"].get("reward/mean", np.nan) for r in rs])),
+        }
+        if lengths.size:  # mean over seeds; the correct-only length over the seeds that had a correct sample
+            row["curve_length_mean"] = lengths[..., 0].mean(0).tolist()
+            correct = lengths[..., 1]
+            seen = ~np.isnan(correct)
+            total = np.where(seen, correct, 0.0).sum(0)
+            count = seen.sum(0)
+            row["curve_length_correct_mean"] = np.where(count > 0, total / np.maximum(count, 1), np.nan).tolist()
+        out.append(row)
     return out

@@ -20,6 +20,38 @@ def _fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _curve_tables(learn: list[dict]) -> list[str]:
+    """Per evaluation step: pass@1 (mean over seeds and 95% t-interval) and mean response length."""
+    steps = learn[0]["curve_steps"]
+    if any(row["curve_steps"] != steps for row in learn):  # methods run with different budgets
+        return []
+    head = "| method | " + " | ".join(f"step {s}" for s in steps) + " |"
+    rule = "|---|" + "---|" * len(steps)
+    lines = ["", "### Held-out pass@1 per evaluation step (mean over seeds, 95% t-interval)", "", head, rule]
+    for row in learn:
+        cells = [
+            f"{_fmt(m)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]" if row["seeds"] > 1 else _fmt(m)
+            for m, lo, hi in zip(row["curve_mean"], row["curve_ci_low"], row["curve_ci_high"], strict=True)
+        ]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    if all("curve_length_mean" in row for row in learn):
+        lines += [
+            "",
+            "### Mean response length per evaluation step (tokens, held-out samples at T=1; correct ones in"
+            " parentheses; last column greedy at the end)",
+            "",
+            head[:-1] + "| greedy |",
+            rule + "---|",
+        ]
+        for row in learn:
+            cells = [
+                f"{_fmt(a, 1)} ({_fmt(c, 1)})"
+                for a, c in zip(row["curve_length_mean"], row["curve_length_correct_mean"], strict=True)
+            ]
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {_fmt(row['final_greedy_length'], 1)} |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     """Both tables and the run's settings as markdown."""
     ws = result["warm_start"]
@@ -58,6 +90,7 @@ def markdown(result: dict) -> str:
                 f" {row['seeds_reaching_target']}/{row['seeds']} | {_fmt(row['reward_mean'])} |"
                 f" {row['seconds_per_run']:.1f} |"
             )
+        lines += _curve_tables(learn)
     lines += ["", f"Settings: `{json.dumps(result['settings'])}`", f"Total time: {result['seconds']:.0f} s", ""]
     return "\n".join(lines)
 
@@ -91,13 +124,22 @@ def write_report(out_dir, result: dict) -> list[Path]:
 
     if result.get("learning"):
         path = out / "learning_curves.png"
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, (ax, ax_len) = plt.subplots(1, 2, figsize=(12, 4.5))
         for row in result["learning"]:
-            ax.plot(row["curve_steps"], row["curve_mean"], marker="o", ms=3, label=row["method"])
+            (line,) = ax.plot(row["curve_steps"], row["curve_mean"], marker="o", ms=3, label=row["method"])
+            if row["seeds"] > 1:
+                ax.fill_between(
+                    row["curve_steps"], row["curve_ci_low"], row["curve_ci_high"], color=line.get_color(), alpha=0.12
+                )
+            if "curve_length_mean" in row:
+                ax_len.plot(row["curve_steps"], row["curve_length_mean"], marker="o", ms=3, label=row["method"])
         ax.axhline(result["target"], color="k", lw=0.8, ls="--", label="target")
         ax.set_xlabel("RL step")
-        ax.set_ylabel("held-out pass@1 (T=1), mean over seeds")
+        ax.set_ylabel("held-out pass@1 (T=1), mean over seeds (95% t-interval)")
         ax.legend(fontsize=7)
+        ax_len.set_xlabel("RL step")
+        ax_len.set_ylabel("mean response length (tokens, held-out, T=1)")
+        ax_len.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)

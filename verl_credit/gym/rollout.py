@@ -2,11 +2,14 @@
 
 Public API:
     Method                      -- one gym entry: estimator name, counterfactual mode, batching options.
-    parse_method(text)          -- "ktae", "counterfactual:random", "grpo+qp", "grpo+rb", "my_estimator".
+    parse_method(text)          -- "ktae", "counterfactual:random", "grpo+qp", "grpo+rb", "grpo+lr",
+                                   "grpo+lr:group", "my_estimator".
     Rollouts                    -- a sampled batch (B = prompts x G rows) with labels and rewards.
     sample(model, tokenizer, problems, G, max_new_tokens, seed) -> Rollouts
     evaluate(model, tokenizer, problems, max_new_tokens) -> greedy accuracy
     evaluate_sampled(model, tokenizer, problems, k, max_new_tokens, seed) -> pass@1 at temperature 1
+    evaluate_stats(model, tokenizer, problems, k, max_new_tokens, seed) -> EvalStats (accuracy and
+                                   mean response lengths; k=None: greedy)
     estimate(method, rollouts, model, tokenizer, config, step) -> CreditOutput
 
 ``estimate`` follows ``integration/tq_batch.compute_plugin_advantage`` and
@@ -29,37 +32,68 @@ import torch
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext, special_token_ids
 from verl_credit.config import CreditConfig
 from verl_credit.core.groups import contrast_rows, multi_rollout_rows
+from verl_credit.core.length_reward import ANCHORS
 from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
 from verl_credit.gym.task import Problem, grade, token_labels
 from verl_credit.registry import compute_advantages, get_estimator
 from verl_credit.scoring import hf_scorer, reference_answer, score_reference, score_spans
 from verl_credit.weighting import STAGE_FIELDS, apply_counterfactual_weights
 
-__all__ = ["Method", "parse_method", "Rollouts", "sample", "evaluate", "evaluate_sampled", "estimate"]
+__all__ = [
+    "Method",
+    "parse_method",
+    "Rollouts",
+    "EvalStats",
+    "sample",
+    "evaluate",
+    "evaluate_sampled",
+    "evaluate_stats",
+    "estimate",
+]
 
 BATCHING = ("qp", "rb")
+LENGTH_REWARD = "lr"
+OPTIONS = (*BATCHING, LENGTH_REWARD, *(f"{LENGTH_REWARD}:{a}" for a in ANCHORS))
 
 
 @dataclass(frozen=True)
 class Method:
     """label: as written by the user; estimator: registry name or "grpo"; cf_mode: the
     counterfactual mode (None unless estimator == "counterfactual"); query_preserved /
-    reward_balanced: the batching options (learning only)."""
+    reward_balanced: the batching options; length_reward: the length reward's anchor
+    (``credit.length_reward.anchor``: "first_seen" or "group"), None without ``+lr`` (learning only)."""
 
     label: str
     estimator: str
     cf_mode: str | None = None
     query_preserved: bool = False
     reward_balanced: bool = False
+    length_reward: str | None = None
 
 
 def parse_method(text: str) -> Method:
-    """``name[:mode][+qp][+rb]``; ``name`` is "grpo" or a registered estimator (KeyError listing
-    them otherwise); ``mode`` only for counterfactual (counterfactual|uniform|random|inverted)."""
+    """``name[:mode][+qp][+rb][+lr[:anchor]]``; ``name`` is "grpo" or a registered estimator
+    (KeyError listing them otherwise); ``mode`` only for counterfactual
+    (counterfactual|uniform|random|inverted); ``+lr`` shapes the reward with the length reward
+    (Bingo), ``anchor`` = ``credit.length_reward.anchor`` (first_seen|group; default: the config's,
+    first_seen). ValueError naming the option otherwise; each option at most once."""
     head, *flags = text.split("+")
-    bad = [f for f in flags if f not in BATCHING]
-    if bad:
-        raise ValueError(f"gym --estimators {text!r}: unknown batching option {bad[0]!r}; known: {BATCHING}")
+    known = ", ".join(OPTIONS)
+    seen = set()
+    anchor = None
+    for flag in flags:
+        option, colon, value = flag.partition(":")
+        if option not in (*BATCHING, LENGTH_REWARD) or (colon and option != LENGTH_REWARD):
+            raise ValueError(f"gym --estimators {text!r}: unknown method option {flag!r}; known: {known}")
+        if option in seen:
+            raise ValueError(f"gym --estimators {text!r}: option '+{option}' given twice")
+        seen.add(option)
+        if option == LENGTH_REWARD:
+            default = CreditConfig().length_reward
+            try:  # the config validates the anchor and names the option
+                anchor = dataclasses.replace(default, anchor=value).anchor if colon else default.anchor
+            except ValueError as err:
+                raise ValueError(f"gym --estimators {text!r}: {err}") from None
     name, _, mode = head.partition(":")
     if name != "grpo":
         get_estimator(name)
@@ -68,7 +102,7 @@ def parse_method(text: str) -> Method:
     if name == "counterfactual":
         mode = mode or "counterfactual"
         CreditConfig().counterfactual.__class__(mode=mode)  # validates the mode
-    return Method(text, name, mode or None, "qp" in flags, "rb" in flags)
+    return Method(text, name, mode or None, "qp" in seen, "rb" in seen, anchor)
 
 
 @dataclass
@@ -149,21 +183,57 @@ def sample(model, tokenizer, problems: list[Problem], G: int, max_new_tokens: in
     return Rollouts(prompt_ids, prompt_mask, responses, mask, rewards, token_label, uids, rows)
 
 
+@dataclass(frozen=True)
+class EvalStats:
+    """accuracy: mean 0/1 reward; length: mean response length in tokens (the eos included when
+    sampled); length_correct: the same over the correct responses (NaN when none is correct)."""
+
+    accuracy: float
+    length: float
+    length_correct: float
+
+
 @torch.no_grad()
+def evaluate_stats(
+    model,
+    tokenizer,
+    problems: list[Problem],
+    k: int | None = 4,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    batch: int = 128,
+) -> EvalStats:
+    """Accuracy and mean response lengths on ``problems``: ``k`` samples per problem at temperature 1
+    (fixed ``seed``), or greedy decoding (one response per problem) when ``k`` is None."""
+    rewards, lengths = [], []
+    if k is None:
+        for start in range(0, len(problems), batch):
+            chunk = problems[start : start + batch]
+            *_, responses, mask = _generate(model, tokenizer, [p.prompt for p in chunk], max_new_tokens, True)
+            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            rewards.append(torch.tensor([grade(t, p) for t, p in zip(texts, chunk, strict=True)]))
+            lengths.append(mask.sum(1))
+    else:
+        r = sample(model, tokenizer, problems, k, max_new_tokens, seed=seed, labels=False)
+        rewards.append(r.rewards)
+        lengths.append(r.response_mask.sum(1))
+    if not problems:
+        return EvalStats(0.0, float("nan"), float("nan"))
+    reward = torch.cat(rewards).double()
+    length = torch.cat(lengths).double()
+    correct = reward > 0
+    length_correct = float(length[correct].mean()) if bool(correct.any()) else float("nan")
+    return EvalStats(float(reward.mean()), float(length.mean()), length_correct)
+
+
 def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int = 48, batch: int = 128) -> float:
     """Greedy accuracy on ``problems``; see :func:`evaluate_sampled` for pass@1 at temperature 1."""
-    hits = 0.0
-    for k in range(0, len(problems), batch):
-        chunk = problems[k : k + batch]
-        *_, responses, _ = _generate(model, tokenizer, [p.prompt for p in chunk], max_new_tokens, True)
-        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        hits += sum(grade(t, p) for t, p in zip(texts, chunk, strict=True))
-    return hits / max(len(problems), 1)
+    return evaluate_stats(model, tokenizer, problems, None, max_new_tokens, batch=batch).accuracy
 
 
 def evaluate_sampled(model, tokenizer, problems: list[Problem], k: int = 4, max_new_tokens: int = 48, seed: int = 0):
     """Mean reward of k samples (temperature 1) per problem, fixed seed: the quantity RL optimises."""
-    return float(sample(model, tokenizer, problems, k, max_new_tokens, seed=seed, labels=False).rewards.mean())
+    return evaluate_stats(model, tokenizer, problems, k, max_new_tokens, seed=seed).accuracy
 
 
 def credit_batch(r: Rollouts, fields: dict | None = None, old_log_probs=None) -> CreditBatch:
