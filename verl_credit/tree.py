@@ -136,37 +136,37 @@ def build_trees(
             is_base = j == 0
             suffix = 0 if is_base else sequences[v].numel() - s
             if plan and max_tokens is not None and max(need, s) + suffixes + suffix > max_tokens:
-                trees.append(_tree(sequences, targets, base, need, plan, members[0]))
+                trees.append(_tree(sequences, targets, base, need, plan))
                 plan, need, suffixes = [], 0, 0
             plan.append((v, s))
             need, suffixes = max(need, s), suffixes + suffix
-        trees.append(_tree(sequences, targets, base, need, plan, members[0]))
+        trees.append(_tree(sequences, targets, base, need, plan))
     return trees
 
 
-def _tree(sequences, targets, base: torch.Tensor, need: int, plan: list[tuple[int, int]], base_index: int) -> Tree:
+def _tree(sequences, targets, base: torch.Tensor, need: int, plan: list[tuple[int, int]]) -> Tree:
+    """One row: ``base[:need]``, then the suffix ``seq[s:]`` of each (member, s) in ``plan``."""
     zeros = torch.zeros(need, dtype=torch.long)
     ids, pos, seg, lim = [base[:need]], [torch.arange(need)], [zeros], [zeros]
     owners, query, target = [], [], []
-    offset, k = need, 0
+    offset, k = need, 0  # where the next suffix starts in the row; suffixes so far
     for v, s in plan:
         seq = sequences[v].long()
         t0, t1 = int(targets[v, 0]), int(targets[v, 1])
         if t1 > seq.numel():
             raise ValueError(f"sequence {v}: target range [{t0}, {t1}) beyond its {seq.numel()} tokens")
-        if v != base_index and s < seq.numel():
+        q = torch.arange(t0 - 1, t1 - 1)  # positions predicting the targets: in the base before s
+        query.append(torch.where(q < s, q, offset + q - s))
+        owners.append(torch.full((t1 - t0,), v, dtype=torch.long))
+        target.append(seq[t0:t1])
+        n = seq.numel() - s
+        if n > 0:  # the base itself (s = its length) and prefixes of it add no suffix
             k += 1
-            n = seq.numel() - s
             ids.append(seq[s:])
             pos.append(torch.arange(s, seq.numel()))
             seg.append(torch.full((n,), k, dtype=torch.long))
             lim.append(torch.full((n,), s, dtype=torch.long))
-        q = torch.arange(t0 - 1, t1 - 1)
-        query.append(torch.where(q < s, q, offset + q - s))
-        owners.append(torch.full((t1 - t0,), v, dtype=torch.long))
-        target.append(seq[t0:t1])
-        if v != base_index and s < seq.numel():
-            offset += seq.numel() - s
+            offset += n
     return Tree(
         input_ids=torch.cat(ids),
         position_ids=torch.cat(pos),
@@ -285,8 +285,9 @@ def forward_trees(model, trees: Sequence[Tree], pad_id: int, temperature: float 
     ).logits
     picked = logits[batch["row"].to(device), column.to(device)].float() / temperature
     logp = torch.log_softmax(picked, dim=-1).gather(1, batch["target"].to(device).unsqueeze(1)).squeeze(1).cpu()
-    owner = batch["owner"]
-    return {int(v): logp[owner == v] for v in torch.unique(owner).tolist()}
+    # each sequence is scored in one row, its targets contiguous: split the flat result by owner
+    owners, counts = torch.unique_consecutive(batch["owner"], return_counts=True)
+    return dict(zip(owners.tolist(), logp.split(counts.tolist()), strict=True))
 
 
 @torch.no_grad()
