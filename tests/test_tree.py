@@ -124,19 +124,15 @@ def test_tree_scores_equal_naive_scores(tiny, attn, budget):
     previous = model.config._attn_implementation
     model.config._attn_implementation = attn
     try:
-        naive = score_spans(
-            tok,
-            HFScorer(model, tok.pad_token_id, budget),
-            prompts,
-            responses,
-            CounterfactualConfig(scoring="naive", max_batch_tokens=budget),
-        )
-        tree = score_spans(
-            tok,
-            HFScorer(model, tok.pad_token_id, budget),
-            prompts,
-            responses,
-            CounterfactualConfig(scoring="tree", max_batch_tokens=budget),
+        naive, tree = (
+            score_spans(
+                tok,
+                HFScorer(model, tok.pad_token_id, budget),
+                prompts,
+                responses,
+                CounterfactualConfig(scoring=mode, max_batch_tokens=budget),
+            )
+            for mode in ("naive", "tree")
         )
     finally:
         model.config._attn_implementation = previous
