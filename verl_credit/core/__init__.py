@@ -10,4 +10,5 @@ Modules:
     batching       -- query-preserved mini-batches: group packing and per-rank length balancing.
     reward_buffer  -- the reward-balanced buffer's selection policy.
     token_flip     -- the token-flipping diagnostic.
+    token_filter   -- the high-entropy ("80/20") token filter: threshold over the step batch, masked advantages.
 """
