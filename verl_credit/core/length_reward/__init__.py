@@ -20,7 +20,8 @@ Public API (every name is importable from this package; the module that defines 
     length_reward_metrics(result)      -- scalar metrics ``length_reward/<quantity>/<stat>``.            [shaping]
     DynamicLambdaSchedule              -- lambda_dyn over training, ``state_dict``/``load_state_dict``.  [schedule]
 
-Modules, one concern each (imports point downwards: scorers <- config <- anchors/shaping <- schedule):
+Modules, one concern each (no cycle: scorers and anchors import no sibling, config imports scorers,
+shaping imports config and anchors, schedule imports config and shaping):
     config.py    the options, their defaults and checks
     scorers.py   the scorer registry, the built-in scorers, ``module:function`` user scorers
     anchors.py   the reference counts: first-seen per prompt (LRU store) or the current group
