@@ -31,6 +31,7 @@ The uniform counterfactual control gives weights exactly 1: its run is the GRPO 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -114,7 +115,12 @@ def train_one(
 ):
     """One RL run from the warm start -> {"method", "seed", "curve": [(step, acc)], "final",
     "curve_length": [(step, mean length, mean length of correct)], "final_greedy",
-    "final_greedy_length", "seconds", "metrics"}."""
+    "final_greedy_length", "seconds", "metrics", "paired"}.
+
+    Paired seeds: the training prompts, the sampling seeds, the mini-batch order and the evaluation
+    seed depend on ``seed`` only, never on the method; ``paired`` holds SHA-1 digests of the run's
+    training prompts and of its first step's sampled responses (equal for every method at a seed,
+    ``+rb`` aside: it draws twice the prompts)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     model, tokenizer = load_policy(path)
@@ -129,6 +135,7 @@ def train_one(
     loss_fn = get_policy_loss_fn("vanilla")
     per_step = cfg.prompts_per_step * (2 if method.reward_balanced else 1)
     stream = train_stream(cfg, per_step, seed, task_cfg)
+    paired = {"prompts": hashlib.sha1("".join(p.prompt for p in stream).encode()).hexdigest()}
     gen = torch.Generator().manual_seed(seed)
     length_reward = GymLengthReward(config, method.length_reward) if method.length_reward else None
     curve, curve_length = [], []
@@ -150,6 +157,8 @@ def train_one(
         r = sample(
             model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, seed=seed * 100_003 + step, labels=False
         )
+        if step == 0:
+            paired["first_rollouts"] = hashlib.sha1(r.responses.numpy().tobytes()).hexdigest()
         if method.reward_balanced:
             pos = r.rewards.view(per_step, cfg.group_size).sum(1).long().tolist()
             chosen, _, ok = select_balanced_groups(
@@ -200,6 +209,7 @@ def train_one(
         "final_greedy_length": greedy.length,
         "seconds": time.perf_counter() - start,
         "metrics": metrics_out,
+        "paired": paired,
     }
 
 

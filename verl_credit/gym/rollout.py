@@ -3,7 +3,7 @@
 Public API:
     Method                      -- one gym entry: estimator name, counterfactual mode, batching options.
     parse_method(text)          -- "ktae", "counterfactual:random", "grpo+qp", "grpo+rb", "grpo+lr",
-                                   "grpo+lr:group", "my_estimator".
+                                   "grpo+lr:group", "my_estimator", "oracle", "anti_oracle:mask".
     Rollouts                    -- a sampled batch (B = prompts x G rows) with labels and rewards.
     sample(model, tokenizer, problems, G, max_new_tokens, seed) -> Rollouts
     evaluate(model, tokenizer, problems, max_new_tokens) -> greedy accuracy
@@ -19,7 +19,8 @@ Public API:
 through ``scoring.score_spans`` / ``scoring.score_reference`` with ``scoring.hf_scorer`` (rows of
 groups whose outcome advantages are not all zero for the counterfactual product, every rollout of a
 group of two or more for the reference product), then ``weighting.apply_counterfactual_weights``.
-GRPO is ``estimators.GRPO_SPEC`` (verl's own numbers).
+GRPO is ``estimators.GRPO_SPEC`` (verl's own numbers). ``oracle`` / ``anti_oracle`` are gym methods,
+not estimators: GRPO's z times ground-truth token weights read off the task's labels (``gym.oracle``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from verl_credit.config import CreditConfig
 from verl_credit.core.groups import contrast_rows, multi_rollout_rows
 from verl_credit.core.length_reward import ANCHORS
 from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
+from verl_credit.gym.oracle import ORACLES, OracleSpec, oracle_advantages, parse_variant
 from verl_credit.gym.task import Problem, grade, token_labels
 from verl_credit.registry import compute_advantages, get_estimator
 from verl_credit.scoring import hf_scorer, reference_answer, score_reference, score_spans
@@ -61,7 +63,8 @@ class Method:
     """label: as written by the user; estimator: registry name or "grpo"; cf_mode: the
     counterfactual mode (None unless estimator == "counterfactual"); query_preserved /
     reward_balanced: the batching options; length_reward: the length reward's anchor
-    (``credit.length_reward.anchor``: "first_seen" or "group"), None without ``+lr`` (learning only)."""
+    (``credit.length_reward.anchor``: "first_seen" or "group"), None without ``+lr`` (learning only);
+    oracle: the weight variant of ``oracle`` / ``anti_oracle`` (``gym.oracle.OracleSpec``), else None."""
 
     label: str
     estimator: str
@@ -69,6 +72,7 @@ class Method:
     query_preserved: bool = False
     reward_balanced: bool = False
     length_reward: str | None = None
+    oracle: OracleSpec | None = None
 
 
 def parse_method(text: str) -> Method:
@@ -76,7 +80,9 @@ def parse_method(text: str) -> Method:
     (KeyError listing them otherwise); ``mode`` only for counterfactual
     (counterfactual|uniform|random|inverted); ``+lr`` shapes the reward with the length reward
     (Bingo), ``anchor`` = ``credit.length_reward.anchor`` (first_seen|group; default: the config's,
-    first_seen). ValueError naming the option otherwise; each option at most once."""
+    first_seen). ``oracle[:variant]`` / ``anti_oracle[:variant]``: the ground-truth bounds, variant
+    items ``mean1|mask|floorF|fmtF|clipC|persign`` (``gym.oracle``). ValueError naming the option
+    otherwise; each option at most once."""
     head, *flags = text.split("+")
     known = ", ".join(OPTIONS)
     seen = set()
@@ -95,10 +101,19 @@ def parse_method(text: str) -> Method:
             except ValueError as err:
                 raise ValueError(f"gym --estimators {text!r}: {err}") from None
     name, _, mode = head.partition(":")
+    oracle = None
+    if name in ORACLES:
+        try:
+            oracle = parse_variant(mode)
+        except ValueError as err:
+            raise ValueError(f"gym --estimators {text!r}: {err}") from None
+        return Method(text, name, None, "qp" in seen, "rb" in seen, anchor, oracle)
     if name != "grpo":
         get_estimator(name)
     if mode and name != "counterfactual":
-        raise ValueError(f"gym --estimators {text!r}: a ':mode' suffix is only for counterfactual")
+        raise ValueError(
+            f"gym --estimators {text!r}: a ':mode' suffix is only for counterfactual, oracle and anti_oracle"
+        )
     if name == "counterfactual":
         mode = mode or "counterfactual"
         CreditConfig().counterfactual.__class__(mode=mode)  # validates the mode
@@ -261,6 +276,12 @@ def estimate(
         cf = dataclasses.replace(config.counterfactual, mode=method.cf_mode)
         config = dataclasses.replace(config, counterfactual=cf)
     ctx = context(tokenizer, config, step)
+    if method.oracle is not None:
+        z = compute_advantages(GRPO_SPEC, credit_batch(r, old_log_probs=old_log_probs), ctx).advantages
+        adv, w = oracle_advantages(
+            method.oracle, method.estimator == "anti_oracle", r, tokenizer, z, config.correct_threshold
+        )
+        return CreditOutput(advantages=adv, token_weights=w)
     spec = GRPO_SPEC if method.estimator == "grpo" else get_estimator(method.estimator)
     batch = credit_batch(r, old_log_probs=old_log_probs)
     B = r.responses.shape[0]
