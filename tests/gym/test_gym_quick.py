@@ -53,6 +53,7 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "gym"
     argv = ["gym", "--quick", "--out", str(out), "--estimators", "grpo", "ktae", "counterfactual:inverted"]
     argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "grpo+lr", "oracle", "anti_oracle:mask"]
+    argv += ["entropy80+m1", "optimal_token_baseline+clip_cov"]
     argv += ["--import", "json", "--threads", "1"]
     argv += ["--train-prompts", "8"]  # quick: 2 steps x 8 prompts, every prompt seen in both steps
     assert main(argv) == 0
@@ -64,6 +65,8 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
         signals
     )
     assert {f"bingo significance ({n})" for n in ("surprisal", "ktae", "counterfactual")} <= set(signals)
+    # measurement 1 scores the credit form: the filter and +m1 stay, the loss mode goes
+    assert {"oracle", "anti_oracle:mask", "entropy80+m1", "optimal_token_baseline"} <= set(signals)
     assert [r["method"] for r in result["learning"]] == [
         "grpo",
         "ktae",
@@ -74,6 +77,8 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
         "grpo+lr",
         "oracle",
         "anti_oracle:mask",
+        "entropy80+m1",
+        "optimal_token_baseline+clip_cov",
     ]
     runs = {r["method"]: r for r in result["runs"]}
     for run in runs.values():  # held-out length at every evaluation, in tokens (eos included)

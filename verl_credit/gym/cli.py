@@ -47,14 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="extend",
         default=None,
         metavar="METHOD",
-        help="separated by spaces or commas; name[:mode][+qp][+rb][+lr[:anchor]]: grpo or a registered estimator; "
-        "counterfactual modes counterfactual|uniform|random|inverted; +qp query-preserved, +rb reward-balanced "
-        "batching; +lr the length reward (Bingo, credit.length_reward) before the estimator, anchor first_seen "
-        "(default) or group. Ground-truth bounds (read the task's labels): oracle[:variant], anti_oracle[:variant], "
-        "variant = ':'-separated items mean1 (weights rescaled to mean 1 per rollout) | mask (0/1, no rescale) | "
-        "floorF (non-target tokens weight F) | fmtF (format/eos tokens at least F, default 0.2) | clipC (mean-1 "
-        "weights clipped at C, renormalised) | persign (mean 1 per sign of z over the batch); "
-        f"plain = {DEFAULT_VARIANT} "
+        help="separated by spaces or commas; name[:mode][+option]...: grpo or a registered estimator "
+        "(counterfactual modes counterfactual|uniform|random|inverted); ground-truth bounds (read the task's "
+        "labels) oracle[:variant], anti_oracle[:variant], variant = ':'-separated items mean1 (weights rescaled "
+        "to mean 1 per rollout) | mask (0/1, no rescale) | floorF (non-target tokens weight F) | fmtF (format/eos "
+        "tokens at least F, default 0.2) | clipC (mean-1 weights clipped at C, renormalised) | persign (mean 1 "
+        f"per sign of z over the batch), plain = {DEFAULT_VARIANT}; peers: rloo and optimal_token_baseline "
+        "(verl's estimators), entropy80[:q[:all|kept]] (= grpo+entropy80), clip_cov[:ratio], kl_cov[:ratio] "
+        "(= grpo with verl's loss). Options: +qp query-preserved, +rb reward-balanced batching; +lr[:first_seen|"
+        "group] the length reward (Bingo) before the estimator; +entropy80[:q[:all|kept]] the high-entropy "
+        "token filter after the estimator (q 0.2); +clip_cov[:ratio] / +kl_cov[:ratio] verl's Clip-Cov / "
+        "KL-Cov policy loss; +m1 the token weights rescaled to mean 1 per rollout (token weightings only) "
         f"(default: {' '.join(DEFAULT_METHODS)})",
     )
     add_import_argument(p, "modules to import first (your estimators), separated by spaces or commas")
@@ -233,7 +236,7 @@ def run(args) -> dict:
     print(f"gym: warm-start greedy pass rate {ws['pass_rate']:.3f}{' (cached)' if ws['cached'] else ''}")
     config = CreditConfig()
 
-    # measurement 1: every method once (batching flags do not change token credit)
+    # measurement 1: every method once
     t1 = time.perf_counter()
     model, tokenizer = load_policy(path)
     rollouts = sample(
@@ -244,7 +247,8 @@ def run(args) -> dict:
         learn_cfg.max_new_tokens,
         seed=args.seed,
     )
-    credit_methods = list({m.label.split("+")[0]: parse_method(m.label.split("+")[0]) for m in methods}.values())
+    # measurement 1 scores what changes token credit: the label without +qp/+rb/+lr and the loss modes
+    credit_methods = list({m.credit_label: parse_method(m.credit_label) for m in methods}.values())
     credit_rows = credit_precision(credit_methods, rollouts, model, tokenizer, config, n_boot=n_boot, seed=args.seed)
     credit_seconds = time.perf_counter() - t1
     for row in credit_rows:

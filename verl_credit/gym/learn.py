@@ -37,15 +37,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
-from verl.workers.config.actor import ActorConfig
+from verl.trainer.ppo.core_algos import agg_loss
 
 from verl_credit.config import CreditConfig
 from verl_credit.core.reward_buffer import select_balanced_groups
+from verl_credit.gym.compose import policy_loss
 from verl_credit.gym.length_reward import GymLengthReward
-from verl_credit.gym.model import load_policy, response_logprobs
+from verl_credit.gym.methods import PEERS
+from verl_credit.gym.model import load_policy, response_logprobs, response_stats
 from verl_credit.gym.rollout import Method, estimate, evaluate_stats, sample
 from verl_credit.gym.task import Problem, TaskConfig, make_problems
+from verl_credit.registry import get_estimator
 
 __all__ = ["LearnConfig", "train_stream", "train_one", "summarize"]
 
@@ -125,14 +127,19 @@ def train_one(
     torch.manual_seed(seed)
     model, tokenizer = load_policy(path)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    actor_cfg = ActorConfig(
-        strategy="fsdp",
-        ppo_mini_batch_size=max(1, cfg.prompts_per_step // cfg.mini_batches),
-        ppo_micro_batch_size_per_gpu=cfg.prompts_per_step * cfg.group_size,
-        rollout_n=cfg.group_size,
-        clip_ratio=cfg.clip_ratio,
+    loss_fn, actor_cfg = policy_loss(
+        method,
+        dict(
+            strategy="fsdp",
+            ppo_mini_batch_size=max(1, cfg.prompts_per_step // cfg.mini_batches),
+            ppo_micro_batch_size_per_gpu=cfg.prompts_per_step * cfg.group_size,
+            rollout_n=cfg.group_size,
+            clip_ratio=cfg.clip_ratio,
+        ),
     )
-    loss_fn = get_policy_loss_fn("vanilla")
+    ref_model = None  # the reference policy (the warm start), only for an estimator declaring ref_log_prob
+    if method.estimator not in PEERS and "ref_log_prob" in get_estimator(method.estimator).fields:
+        ref_model = load_policy(path)[0]
     per_step = cfg.prompts_per_step * (2 if method.reward_balanced else 1)
     stream = train_stream(cfg, per_step, seed, task_cfg)
     paired = {"prompts": hashlib.sha1("".join(p.prompt for p in stream).encode()).hexdigest()}
@@ -169,13 +176,17 @@ def train_one(
             history["balanced/fraction"].append(float(ok))
         history["reward/mean"].append(float(r.rewards.mean()))
         history["response_length/mean"].append(float(r.response_mask.sum(1).double().mean()))
-        with torch.no_grad():
-            old = response_logprobs(model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
+        with torch.no_grad():  # the old-log-prob forward: log-probs, entropy and sum pi^2, as verl's
+            stats = response_stats(model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
+            old = stats.log_probs
+            ref = None
+            if ref_model is not None:
+                ref = response_logprobs(ref_model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
         if length_reward is not None:  # reward shaping before the estimator, as the trainer does
             r, _, lr_metrics = length_reward.apply(r, old, tokenizer, step + 1)
             for key, value in lr_metrics.items():
                 history.setdefault(key, []).append(value)
-        adv = estimate(method, r, model, tokenizer, config, step, old_log_probs=old).advantages.detach()
+        adv = estimate(method, r, model, tokenizer, config, step, stats=stats, ref_log_probs=ref).advantages.detach()
         mask = r.response_mask.float()
         for _ in range(cfg.ppo_epochs):
             for mb in _minibatches(r.uids, cfg.mini_batches, method.query_preserved, gen):
