@@ -111,6 +111,7 @@ def test_method_grammar():
         ("grpo+m1:x", "+m1 takes no argument"),
         ("rloo:x", "a ':mode' suffix is only for counterfactual, oracle"),
         ("gym_test_needs_values", "declares field 'values' (a critic's values), which the gym cannot pass"),
+        ("oracle+lr", "oracle reads each rollout's correctness from its 0/1 reward; +lr reshapes it"),
     ],
 )
 def test_method_errors_name_the_part(text, message):

@@ -160,6 +160,8 @@ def _parse(text: str) -> Method:
     estimator = name
     if name in ORACLES:
         values["oracle"] = parse_variant(":".join(mode))
+        if "length_reward" in values:  # the oracle reads correctness off the reward, which +lr reshapes
+            raise ValueError(f"{name} reads each rollout's correctness from its 0/1 reward; +lr reshapes it (refused)")
     elif name == FILTER:
         if "entropy_quantile" in values:
             raise ValueError(f"option '+{FILTER}' given twice")
