@@ -97,7 +97,7 @@ def test_missing_methods_are_said():
 def test_noise_compares_the_point_se_with_the_seed_spread():
     runs = _bounds_runs(0.05, 0.2)
     ends = endpoints(runs, held_out=128, eval_samples=4)
-    p = ends["methods"]["grpo"]["final"]["mean"]
+    p = ends["methods"]["grpo"]["auc"]["mean"]
     assert ends["noise"]["eval_se"] == pytest.approx(math.sqrt(p * (1 - p) / 512))
     aucs = [run_auc(r["curve"]) for r in runs if r["method"] == "grpo"]
     assert ends["noise"]["seed_sd_auc"] == pytest.approx(np.std(aucs, ddof=1))

@@ -20,8 +20,8 @@ Definitions (S seeds; methods are paired by seed: same training prompts, warm st
         and the mean >= ``MIN_HEADROOM`` (0.03); grpo_vs_anti_oracle = AUC(grpo) - AUC(anti_oracle),
         passed when low > 0. ``passed`` overall = both. Missing methods: None entries, passed False.
     noise: eval_se = sqrt(p (1 - p) / (N k)) (binomial SE of one evaluation point: N held-out
-        problems x k samples, p = grpo's mean final pass@1; it over-states the AUC's evaluation noise,
-        which averages several points), seed_sd = SD over seeds of grpo's AUC; ok when
+        problems x k samples, p = grpo's mean AUC, its average pass@1 over the run; it over-states the
+        AUC's evaluation noise, which averages several points), seed_sd = SD over seeds of grpo's AUC; ok when
         eval_se < seed_sd / 4 (the issue's bar: evaluation noise below a quarter of the seed spread).
 """
 
@@ -137,7 +137,7 @@ def endpoints(runs: list[dict], held_out: int, eval_samples: int) -> dict:
     }
     noise = None
     if BASE in names:
-        p = methods[BASE]["final"]["mean"]
+        p = methods[BASE]["auc"]["mean"]
         eval_se = math.sqrt(max(p * (1 - p), 0.0) / max(held_out * eval_samples, 1))
         aucs = list(_per_seed(runs, BASE, "auc").values())
         seed_sd = float(np.std(aucs, ddof=1)) if len(aucs) >= 2 else float("nan")

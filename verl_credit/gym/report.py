@@ -96,6 +96,8 @@ def _endpoint_table(result: dict) -> list[str]:
     noise = result.get("noise")
     if noise:
         verdict = "below" if noise["ok"] else "NOT below"
+        if math.isnan(noise["seed_sd_auc"]):
+            verdict = "no seed spread with one seed: cannot compare with"
         lines += [
             "",
             f"Evaluation noise: binomial SE of one evaluation point {_fmt(noise['eval_se'], 4)}"
