@@ -38,6 +38,10 @@ DEFAULT_METHODS = (
 )
 
 
+HELD_OUT, HELD_OUT_QUICK = 128, 32
+QUICK_SFT_STEPS = 400
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny SFT, few steps, 1 seed (~1 min)")
     p.add_argument("--out", default="gym_out", help="output folder (the warm-started model is cached there)")
@@ -63,20 +67,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_import_argument(p, "modules to import first (your estimators), separated by spaces or commas")
     p.add_argument("--seeds", type=positive_int, default=None, help="RL seeds per method (default 3, quick 1)")
     p.add_argument("--steps", type=positive_int, default=None, help="RL steps per run (default 60, quick 2)")
+    from verl_credit.gym.defaults import LearnConfig
+    from verl_credit.gym.model import ModelConfig
+    from verl_credit.gym.task import TaskConfig
+
+    t, m, lc = TaskConfig(), ModelConfig(), LearnConfig()
     g = p.add_argument_group("task, model and optimiser knobs (recorded in results.json settings)")
-    g.add_argument("--filler-rate", type=float, default=None, metavar="P", help="filler line rate (default 0.3)")
-    g.add_argument("--side-rate", type=float, default=None, metavar="P", help="side step rate (default 0.15)")
-    g.add_argument("--error-rate", type=float, default=None, metavar="P", help="demonstration error rate (0.12)")
-    g.add_argument("--min-steps", type=int, default=None, metavar="N", help="fewest ops per problem (default 2)")
-    g.add_argument("--max-steps", type=int, default=None, metavar="N", help="most ops per problem (default 4)")
-    g.add_argument("--group-size", type=int, default=None, metavar="G", help="samples per prompt (default 8)")
-    g.add_argument("--prompts-per-step", type=int, default=None, metavar="N", help="prompts per RL step (8)")
-    g.add_argument("--lr", type=float, default=None, help="RL learning rate (default 1e-4)")
-    g.add_argument("--eval-samples", type=int, default=None, metavar="K", help="samples per held-out problem (4)")
-    g.add_argument("--eval-every", type=int, default=None, metavar="N", help="steps between evaluations (10)")
-    g.add_argument("--held-out", type=int, default=None, metavar="N", help="held-out problems (128, quick 32)")
-    g.add_argument("--model-width", type=int, default=None, metavar="H", help="hidden size of the tiny Qwen2 (64)")
-    g.add_argument("--sft-steps", type=int, default=None, metavar="N", help="warm-start SFT steps (1500, quick 400)")
+    g.add_argument("--filler-rate", type=float, default=None, metavar="P", help=f"filler line rate ({t.filler_rate})")
+    g.add_argument("--side-rate", type=float, default=None, metavar="P", help=f"side step rate ({t.side_rate})")
+    g.add_argument("--error-rate", type=float, default=None, metavar="P", help=f"demo error rate ({t.error_rate})")
+    g.add_argument("--min-steps", type=int, default=None, metavar="N", help=f"fewest ops per problem ({t.min_steps})")
+    g.add_argument("--max-steps", type=int, default=None, metavar="N", help=f"most ops per problem ({t.max_steps})")
+    g.add_argument("--group-size", type=int, default=None, metavar="G", help=f"samples per prompt ({lc.group_size})")
+    g.add_argument(
+        "--prompts-per-step", type=int, default=None, metavar="N", help=f"prompts per RL step ({lc.prompts_per_step})"
+    )
+    g.add_argument("--lr", type=float, default=None, help=f"RL learning rate ({lc.lr:g})")
+    g.add_argument(
+        "--eval-samples", type=int, default=None, metavar="K", help=f"samples per held-out problem ({lc.eval_samples})"
+    )
+    g.add_argument(
+        "--eval-every", type=int, default=None, metavar="N", help=f"steps between evaluations ({lc.eval_every})"
+    )
+    g.add_argument(
+        "--held-out",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"held-out problems ({HELD_OUT}, quick {HELD_OUT_QUICK})",
+    )
+    g.add_argument(
+        "--model-width", type=int, default=None, metavar="H", help=f"hidden size of the tiny Qwen2 ({m.hidden})"
+    )
+    g.add_argument(
+        "--sft-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"warm-start SFT steps ({m.sft_steps}, quick {QUICK_SFT_STEPS})",
+    )
     p.add_argument(
         "--train-prompts",
         type=positive_int,
@@ -149,7 +178,7 @@ def model_config(args):
     ``--sft-steps`` override."""
     from verl_credit.gym.model import ModelConfig
 
-    extra = {"sft_examples": 1500, "sft_steps": 400} if args.quick else {}
+    extra = {"sft_examples": 1500, "sft_steps": QUICK_SFT_STEPS} if args.quick else {}
     if _knob(args, "model_width") is not None:
         extra["hidden"] = args.model_width
     if _knob(args, "sft_steps") is not None:
@@ -187,7 +216,7 @@ def check_args(args) -> list:
 def learn_config(args):
     """The LearnConfig of ``args`` (``--quick``, ``--steps``, ``--train-prompts``); UsageError naming
     the option when it is out of range."""
-    from verl_credit.gym.learn import LearnConfig
+    from verl_credit.gym.defaults import LearnConfig
 
     extra = {"steps": 2, "eval_every": 2, "eval_samples": 2} if args.quick else {}
     if args.steps:
@@ -225,9 +254,9 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     task_cfg, model_cfg, learn_cfg = task_config(args), model_config(args), learn_config(args)
     if args.quick:
-        credit_prompts, n_boot, held_n, seeds = 16, 200, 32, args.seeds or 1
+        credit_prompts, n_boot, held_n, seeds = 16, 200, HELD_OUT_QUICK, args.seeds or 1
     else:
-        credit_prompts, n_boot, held_n, seeds = 96, 1000, 128, args.seeds or 3
+        credit_prompts, n_boot, held_n, seeds = 96, 1000, HELD_OUT, args.seeds or 3
     held_n = args.held_out or held_n
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

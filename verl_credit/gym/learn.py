@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +41,7 @@ from verl.trainer.ppo.core_algos import agg_loss
 from verl_credit.config import CreditConfig
 from verl_credit.core.reward_buffer import select_balanced_groups
 from verl_credit.gym.compose import policy_loss
+from verl_credit.gym.defaults import LearnConfig
 from verl_credit.gym.length_reward import GymLengthReward
 from verl_credit.gym.methods import PEERS
 from verl_credit.gym.model import load_policy, response_logprobs, response_stats
@@ -50,40 +50,6 @@ from verl_credit.gym.task import Problem, TaskConfig, make_problems
 from verl_credit.registry import get_estimator
 
 __all__ = ["LearnConfig", "train_stream", "train_one", "summarize"]
-
-
-@dataclass(frozen=True)
-class LearnConfig:
-    """Attributes:
-    steps: RL steps per run. prompts_per_step, group_size: B = their product. max_new_tokens: 48.
-    lr: AdamW learning rate (1e-4; 1e-3 and 3e-4 collapsed GRPO on this model). ppo_epochs (1),
-    mini_batches (2), clip_ratio (0.2). eval_every: steps between held-out evaluations (10);
-    eval_samples: samples per held-out problem (4). rho: reward-balanced share (0.25).
-    train_prompts: None (a fresh prompt every time) or the size of a fixed training set visited in
-    epochs (prompts recur; >= prompts_per_step).
-    """
-
-    steps: int = 60
-    prompts_per_step: int = 8
-    group_size: int = 8
-    max_new_tokens: int = 48
-    lr: float = 1e-4
-    ppo_epochs: int = 1
-    mini_batches: int = 2
-    clip_ratio: float = 0.2
-    eval_every: int = 10
-    eval_samples: int = 4
-    rho: float = 0.25
-    train_prompts: int | None = None
-
-    def __post_init__(self):
-        if self.train_prompts is not None and not (
-            isinstance(self.train_prompts, int) and self.train_prompts >= self.prompts_per_step
-        ):
-            raise ValueError(
-                f"--train-prompts must be an integer >= the prompts per step ({self.prompts_per_step}), "
-                f"got {self.train_prompts!r}"
-            )
 
 
 def train_stream(cfg: LearnConfig, per_step: int, seed: int, task_cfg: TaskConfig) -> list[Problem]:
