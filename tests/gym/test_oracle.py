@@ -19,6 +19,7 @@ from verl_credit.gym.oracle import (
 )
 from verl_credit.gym.rollout import parse_method
 from verl_credit.gym.task import ANSWER, CAUSAL, FORMAT, Problem, demonstration, make_problems, token_labels
+from verl_credit.spans import token_char_offsets
 from verl_credit.testing import build_tiny_qwen2, load_tiny
 
 # Q 7+3*2-4: 7+3=10, 10*2=20, 20-4=16
@@ -213,3 +214,26 @@ def test_variant_grammar_and_errors():
     ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_method(bad)
+
+
+def test_lines_targets_whole_causal_lines_and_eos(tokenizer):
+    """``lines``: a correct rollout's targets are every token of its causal step lines and its answer line
+    (``=``, ops, newlines, ``#### ``) and the eos; filler and side lines stay out."""
+    P = Problem(start=7, ops=("+", "*"), operands=(3, 2))
+    text = "7+3=10\nlet me think about it\nnote 4+5=9\n10*2=20\n#### 20"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    tokens_t, fmt = oracle_targets(tokenizer, ids, P, correct=True)
+    lines_t, _ = oracle_targets(tokenizer, ids, P, correct=True, target_unit="lines")
+    assert bool((tokens_t <= lines_t).all())  # a superset of the token targets
+    _, starts, _ = token_char_offsets(tokenizer, ids)
+    for k, s in enumerate(starts.tolist()):
+        line = text[:s].count("\n") if k < len(ids) - 1 else None
+        if line is None:
+            assert bool(lines_t[k])  # eos
+        else:
+            assert bool(lines_t[k]) == (line in (0, 3, 4)), (k, tokenizer.decode([ids[k]]))
+    assert bool((lines_t & fmt & ~tokens_t).any())  # format tokens of causal lines were added
+    wrong_tokens, _ = oracle_targets(tokenizer, ids, Problem(start=7, ops=("+", "*"), operands=(3, 3)), False)
+    wrong_lines, _ = oracle_targets(tokenizer, ids, Problem(start=7, ops=("+", "*"), operands=(3, 3)), False, "lines")
+    assert torch.equal(wrong_tokens, wrong_lines)  # wrong rollouts: unchanged
+    assert parse_variant("lines:floor0.1") == OracleSpec(floor=0.1, target="lines")

@@ -13,7 +13,10 @@ Public API:
 
 Definition. A = z_i * w_it with z_i GRPO's group-normalised outcome advantage (verl's numbers).
 Targets (the tokens the outcome is due to, from the task's own labels):
-  - a correct rollout: its CAUSAL and ANSWER tokens (``task.token_labels``);
+  - a correct rollout: its CAUSAL and ANSWER tokens (``task.token_labels``); with ``lines``, every
+    token of the lines that hold them (the causal step lines and the answer line with their ``=``, ops,
+    newlines and ``#### ``) and the eos, so that the format shared by right and wrong rollouts is pushed
+    up in right ones as it is pushed down in wrong ones (cancellation kept);
   - a wrong rollout: every token from the start of its first wrong step line to the end (later
     steps, the answer line, eos). A step line ``a op b = c`` (``note`` side lines are not steps) is
     right when it is exactly the next step of the problem: a = the previous right step's result (the
@@ -39,8 +42,8 @@ each a unit). A unit whose raw weights are all 0 gets weight 0 (e.g. anti_oracle
 that is wrong from its first step line). Rows with z = 0 (uniform groups) get no gradient anyway.
 
 Variant grammar (items after the method name, ``:``-separated, each at most once, applied to the
-base mean1, floor 0, fmt 0.2, no clip, per rollout): ``mean1`` | ``mask`` | ``floorF`` | ``fmtF`` |
-``clipC`` | ``persign``; F in [0, 1], C > 1. Plain ``oracle`` = base + ``DEFAULT_VARIANT``.
+base mean1, floor 0, fmt 0.2, no clip, per rollout, token targets): ``mean1`` | ``mask`` | ``lines`` |
+``floorF`` | ``fmtF`` | ``clipC`` | ``persign``; F in [0, 1], C > 1. Plain ``oracle`` = base + ``DEFAULT_VARIANT``.
 """
 
 from __future__ import annotations
@@ -80,15 +83,17 @@ class OracleSpec:
     fmt: float = 0.2
     clip: float | None = None
     norm: str = "rollout"
+    target: str = "tokens"
 
     def describe(self) -> str:
         parts = [self.scale, f"floor{self.floor:g}", f"fmt{self.fmt:g}"]
+        parts += ["lines"] if self.target == "lines" else []
         parts += [f"clip{self.clip:g}"] if self.clip is not None else []
         parts += ["persign"] if self.norm == "persign" else []
         return ":".join(parts)
 
 
-_ITEM = re.compile(r"^(mean1|mask|persign|floor|fmt|clip)(.*)$")
+_ITEM = re.compile(r"^(mean1|mask|persign|lines|floor|fmt|clip)(.*)$")
 
 
 def parse_variant(text: str | None) -> OracleSpec:
@@ -100,12 +105,14 @@ def parse_variant(text: str | None) -> OracleSpec:
     for item in text.split(":"):
         m = _ITEM.match(item)
         if m is None:
-            raise ValueError(f"unknown oracle variant item {item!r}; known: mean1, mask, floorF, fmtF, clipC, persign")
+            raise ValueError(
+                f"unknown oracle variant item {item!r}; known: mean1, mask, lines, floorF, fmtF, clipC, persign"
+            )
         key, arg = m.groups()
-        field = {"mean1": "scale", "mask": "scale", "persign": "norm"}.get(key, key)
+        field = {"mean1": "scale", "mask": "scale", "persign": "norm", "lines": "target"}.get(key, key)
         if field in values:
             raise ValueError(f"oracle variant item {item!r}: {field} given twice")
-        if key in ("mean1", "mask", "persign"):
+        if key in ("mean1", "mask", "persign", "lines"):
             if arg:
                 raise ValueError(f"oracle variant item {item!r}: {key} takes no number")
             values[field] = key
@@ -172,21 +179,47 @@ def blame_onset(text: str, problem: Problem) -> int:
     return min(last_end, len(text))
 
 
-def oracle_targets(tokenizer, ids, problem: Problem, correct: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _line_targets(text: str, starts, ends, target: torch.Tensor, first_special: int | None) -> torch.Tensor:
+    """Every token of a line that holds a target token, and the special tokens from ``first_special`` on.
+
+    A token belongs to the line of its first character; a newline token to the line it ends.
+    Shapes: starts, ends (T,), target BoolTensor[T] -> BoolTensor[T].
+    """
+    line_of_char = [0] * (len(text) + 1)
+    line = 0
+    for c, ch in enumerate(text):
+        line_of_char[c] = line
+        line += ch == "\n"
+    line_of_char[len(text)] = line
+    lines = torch.tensor([line_of_char[min(int(s), len(text))] for s in starts], dtype=torch.long)
+    out = torch.isin(lines, lines[target]) if bool(target.any()) else torch.zeros_like(target)
+    if first_special is not None:
+        out[first_special:] = True
+    return out
+
+
+def oracle_targets(
+    tokenizer, ids, problem: Problem, correct: bool, target_unit: str = "tokens"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(target, fmt) of one response: BoolTensor[T] each; ids (T,) the valid response ids (eos included).
 
-    target: CAUSAL/ANSWER tokens of a correct response; the tokens ending after the blame onset of a
-    wrong one (a token straddling the onset counts) and its eos, every token when that leaves none.
+    target: CAUSAL/ANSWER tokens of a correct response (``target_unit="lines"``: every token of the lines
+    that hold them, i.e. the causal step lines and the answer line with their ``=``, ops, newlines and
+    ``#### ``, and the eos); the tokens ending after the blame onset of a wrong one (a token straddling
+    the onset counts) and its eos, every token when that leaves none.
     fmt: tokens labelled FORMAT (special tokens included).
     """
     ids = [int(i) for i in ids]
     labels = token_labels(tokenizer, ids, problem)
     fmt = labels == FORMAT
-    if correct:
-        return (labels == CAUSAL) | (labels == ANSWER), fmt
     text, starts, ends = token_char_offsets(tokenizer, ids)
     special = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
     first_special = next((t for t, i in enumerate(ids) if i in special), None)
+    if correct:
+        target = (labels == CAUSAL) | (labels == ANSWER)
+        if target_unit == "lines":
+            target = _line_targets(text, starts, ends, target, first_special)
+        return target, fmt
     body = text if first_special is None else text[: int(starts[first_special])]
     onset = blame_onset(body, problem)
     target = torch.as_tensor(ends > onset)
@@ -284,7 +317,7 @@ def oracle_advantages(
     for i in range(B):  # text parsing: one row at a time (the weights below are vectorised)
         n = int(mask[i].sum())
         target[i, :n], fmt[i, :n] = oracle_targets(
-            tokenizer, r.responses[i, :n], r.problems[i], bool(r.rewards[i] > correct_threshold)
+            tokenizer, r.responses[i, :n], r.problems[i], bool(r.rewards[i] > correct_threshold), spec.target
         )
     if anti:
         target = mask & ~target
