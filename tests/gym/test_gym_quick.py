@@ -116,6 +116,14 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     # a second run reuses the warm-started model
     assert main([*argv, "--skip-learning"]) == 0
     assert json.loads((out / "results.json").read_text())["warm_start"]["cached"] is True
+    # --workers 2: the same runs, computed in two spawned processes
+    argv2 = ["gym", "--quick", "--out", str(out), "--estimators", "grpo", "oracle", "--train-prompts", "8"]
+    assert main([*argv2, "--workers", "2"]) == 0
+    parallel = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    for name in ("grpo", "oracle"):
+        assert parallel[name]["curve"] == runs[name]["curve"]
+        assert parallel[name]["final_greedy"] == runs[name]["final_greedy"]
+        assert parallel[name]["paired"] == runs[name]["paired"]
 
 
 def test_unknown_estimator_is_named(tmp_path, capsys):

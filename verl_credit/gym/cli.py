@@ -118,6 +118,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-gain", type=float, default=0.1, help="target = starting accuracy + this")
     p.add_argument("--skip-learning", action="store_true", help="measurement 1 only")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest here, deterministic)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="learning runs in parallel processes (default 1; one per core, each with --threads threads: the "
+        "results are the same as with 1, each run seeds itself)",
+    )
     p.set_defaults(gym_prog=p.prog)
 
 
@@ -230,6 +237,33 @@ def learn_config(args):
         raise UsageError(str(err)) from None
 
 
+def _init_worker(threads: int, imports: list[str]) -> None:
+    """A learning worker process: torch threads and the user's ``--import`` modules (their estimators)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    import_modules(imports)
+
+
+def _train(job):
+    from verl_credit.gym.learn import train_one
+
+    return train_one(*job)
+
+
+def _run_jobs(jobs: list, workers: int, threads: int, imports: list[str]) -> list[dict]:
+    """``train_one(*job)`` for every job, in order: in this process, or in ``workers`` spawned processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [_train(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), ctx, _init_worker, (threads, imports)) as pool:
+        return list(pool.map(_train, jobs))
+
+
 def run(args) -> dict:
     """Everything; returns the result dict also written to ``<out>/results.json``. A user error in
     the arguments (:func:`check_args`) prints ``verl-credit gym: error: ...`` and exits with status 2."""
@@ -239,7 +273,7 @@ def run(args) -> dict:
     from verl_credit.config import CreditConfig
     from verl_credit.gym.credit import credit_precision
     from verl_credit.gym.endpoints import endpoints, validity_line
-    from verl_credit.gym.learn import summarize, train_one
+    from verl_credit.gym.learn import summarize
     from verl_credit.gym.model import load_policy, warm_start
     from verl_credit.gym.report import write_report
     from verl_credit.gym.rollout import parse_method, sample
@@ -289,9 +323,8 @@ def run(args) -> dict:
     if not args.skip_learning:
         held_out = make_problems(held_n, seed=args.seed + 3, config=task_cfg)
         learn_methods = [m for m in methods if not (m.estimator == "counterfactual" and m.cf_mode == "uniform")]
-        for m in learn_methods:
-            for s in range(seeds):
-                runs.append(train_one(m, s, path, held_out, learn_cfg, config, task_cfg))
+        jobs = [(m, s, path, held_out, learn_cfg, config, task_cfg) for m in learn_methods for s in range(seeds)]
+        runs = _run_jobs(jobs, args.workers, args.threads, name_list(args.imports))
         start_acc = runs[0]["curve"][0][1] if runs else float("nan")
         target = start_acc + args.target_gain
         learning = summarize(runs, target)
@@ -321,6 +354,7 @@ def run(args) -> dict:
             "model": dataclasses.asdict(model_cfg),
             "learn": dataclasses.asdict(learn_cfg),
             "threads": torch.get_num_threads(),
+            "workers": args.workers,
         },
         "seconds_credit": credit_seconds,
         "seconds_learning": time.perf_counter() - t2,

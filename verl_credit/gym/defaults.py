@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 __all__ = ["DEFAULT_VARIANT", "LearnConfig"]
 
-DEFAULT_VARIANT = "floor0.2"
+DEFAULT_VARIANT = "lines:fmt0"
 
 
 @dataclass(frozen=True)
