@@ -18,8 +18,8 @@ What a row must hold (verl's RLHFDataset and agent loop read it; the issue behin
                    an integer-valued number (43.0 is written "43", see ``verl_credit.scoring.answer_text``).
 
 Speed: a parquet file is checked with pyarrow compute over whole columns (flattened message lists,
-``list_parent_indices``), no Python loop over rows; a JSON file is parsed row by row (json), then
-checked the same way when its columns have one type each, else by the loop reference.
+``list_parent_indices``), no Python loop over rows; a JSON file is parsed row by row (json) and
+checked by the loop reference (a JSON column may mix types, which pyarrow would coerce).
 The first bad row is described by :func:`row_problem` on that row, so both paths word it alike.
 Rows are numbered from 0, in file order (verl's dataset index).
 """
@@ -84,7 +84,7 @@ class DataNeeds:
 @dataclass
 class FileReport:
     """rows: rows read; float_truths: rows whose ground truth is a float (integer-valued: written as an
-    integer); table: the columns read (None for a JSON file whose columns mix types)."""
+    integer); table: the prompt (and, for parquet, reward_model) columns read."""
 
     rows: int
     float_truths: int = 0
@@ -95,9 +95,10 @@ class FileReport:
 
 
 def read_columns(path: str, needs: DataNeeds) -> tuple[pa.Table | None, list | None, list[str]]:
-    """(table, rows, fields) of a verl data file: ``table`` holds the prompt and ``reward_model``
-    columns (those present) when they have one type each; else ``table`` is None and ``rows`` the
-    rows as parsed. ``fields``: every column name of the file. ValueError naming the file (and the
+    """(table, rows, fields) of a verl data file: a parquet file gives ``table``, its prompt and
+    ``reward_model`` columns (those present), and rows None; a JSON file gives table None and
+    ``rows`` as parsed (pyarrow would coerce a JSON column that mixes types, True into 1.0).
+    ``fields``: the column names (of the first row, for JSON). ValueError naming the file (and the
     line) when it cannot be read."""
     suffix = Path(path).suffix.lower()
     wanted = [needs.prompt_key, "reward_model"]
@@ -114,15 +115,7 @@ def read_columns(path: str, needs: DataNeeds) -> tuple[pa.Table | None, list | N
         raise ValueError(f"{path}: verl reads .parquet, .json and .jsonl data files, not {suffix or 'no suffix'}")
     rows = _read_json_rows(path)
     fields = sorted({str(k) for row in rows[:1] for k in row})
-    columns = {}
-    for name in wanted:
-        if any(name in row for row in rows):
-            try:
-                columns[name] = pa.array([row.get(name) for row in rows])
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
-                return None, rows, fields  # mixed types: the loop reference checks it
-    table = pa.table(columns) if columns else pa.table({"_": pa.nulls(len(rows))}).drop(["_"])
-    return table, rows, fields
+    return None, rows, fields
 
 
 def _read_json_rows(path: str) -> list[dict]:
@@ -206,7 +199,10 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
         )
     truth = reward_model.get("ground_truth")
     if truth is None:
-        return 11, f"field 'reward_model.ground_truth' is missing (None); {needs.present}"
+        return (
+            11,
+            f"field 'reward_model.ground_truth' is missing (None, or a NaN that pandas wrote as null); {needs.present}",
+        )
     if isinstance(truth, float) and not math.isfinite(truth):
         return 13, f"field 'reward_model.ground_truth' is {truth!r}; {needs.present}: write the answer"
     if _empty(truth):
@@ -375,15 +371,13 @@ def check_file(path: str, needs: DataNeeds) -> FileReport:
     if n == 0:
         raise ValueError(f"{path}: the file has no rows")
     key = needs.prompt_key
+    listed = ", ".join(sorted(fields)) or "no fields"
     if key not in fields:
-        raise ValueError(
-            f"{path} row 0: no field {key!r} (data.prompt_key={key}); the file has: {', '.join(fields) or 'no fields'}"
-        )
+        raise ValueError(f"{path} row 0: no field {key!r} (data.prompt_key={key}); the file has: {listed}")
     has_rm = "reward_model" in fields
     if needs.present and not has_rm:
         raise ValueError(
-            f"{path} row 0: no field 'reward_model' (the file has: {', '.join(fields)}); {needs.present}: "
-            + REWARD_MODEL_FIX
+            f"{path} row 0: no field 'reward_model' (the file has: {listed}); {needs.present}: " + REWARD_MODEL_FIX
         )
     if table is not None:
         codes = problem_codes(table, needs)
@@ -406,6 +400,7 @@ def check_file(path: str, needs: DataNeeds) -> FileReport:
     if table is None:
         models = [r.get("reward_model") for r in rows]
         floats = sum(isinstance(m.get("ground_truth"), float) for m in models if isinstance(m, dict))
+        table = pa.table({key: pa.array([r[key] for r in rows])})  # well-formed chat messages: one type
     else:
         floats = _float_truths(table)
     return FileReport(rows=n, float_truths=floats, table=table)
@@ -419,11 +414,17 @@ def _messages(prompts: pa.Array, rows: np.ndarray) -> list[list[dict]]:
     return [[{k: v for k, v in m.items() if v is not None} for m in msgs] for msgs in taken]
 
 
-def _render_length(tokenizer, messages, kwargs: dict) -> int:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return len(ids)
+def _render_lengths(tokenizer, conversations: list[list[dict]], kwargs: dict, chunk: int = 1024) -> list[int]:
+    """Token counts of ``apply_chat_template(c, add_generation_prompt=True, tokenize=True)`` for each
+    conversation: rendered as text, then tokenized in batches without special tokens (what
+    ``tokenize=True`` does; the fast tokenizer encodes a batch in parallel)."""
+    out = []
+    for k in range(0, len(conversations), chunk):
+        texts = tokenizer.apply_chat_template(
+            conversations[k : k + chunk], add_generation_prompt=True, tokenize=False, **kwargs
+        )
+        out += [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return out
 
 
 def prompt_lengths(
@@ -456,19 +457,16 @@ def prompt_lengths(
     row_bytes = np.bincount(parents, weights=content_bytes, minlength=n).astype(np.int64)
     counts = pc.list_value_length(prompts).to_numpy(zero_copy_only=False).astype(np.int64)
     roles = [r for r in pc.unique(elements.field("role")).to_pylist() if r]
-    overhead = max(_render_length(tokenizer, [{"role": r, "content": ""}], chat_kwargs) for r in roles)
+    overhead = max(_render_lengths(tokenizer, [[{"role": r, "content": ""}] for r in roles], chat_kwargs))
     bound = row_bytes + counts * (overhead + 1)
     lengths = bound.copy()
     candidates = np.flatnonzero(bound > limit)
     rng = np.random.default_rng(seed)
     below = np.flatnonzero(bound <= limit)
     sample = rng.choice(below, size=min(check_sample, len(below)), replace=False) if len(below) else below
-    for row, messages in zip(sample, _messages(prompts, sample), strict=True):
-        exact = _render_length(tokenizer, messages, chat_kwargs)
-        if exact > bound[row]:
-            candidates = np.arange(n)
-            break
-        lengths[row] = exact
-    for row, messages in zip(candidates, _messages(prompts, candidates), strict=True):
-        lengths[row] = _render_length(tokenizer, messages, chat_kwargs)
+    exact = np.array(_render_lengths(tokenizer, _messages(prompts, sample), chat_kwargs), dtype=np.int64)
+    if np.any(exact > bound[sample]):
+        candidates = np.arange(n)
+    lengths[sample] = exact
+    lengths[candidates] = _render_lengths(tokenizer, _messages(prompts, candidates), chat_kwargs)
     return lengths, len(candidates) + len(sample)

@@ -246,7 +246,8 @@ def test_a_list_ground_truth_is_named_when_it_is_teacher_forced(tmp_path):
     assert str(err.value) == (
         f"data.train_files {tmp_path / 'train.parquet'} row 0: field 'reward_model.ground_truth' is a list "
         "(['4', '5']), expected one answer as a string or a number; algorithm.adv_estimator=variance_weighted "
-        "teacher-forces it as credit.variance.answer_template='#### {answer}', which gives \"#### ['4', '5']\""
+        "teacher-forces it as credit.variance.answer_template='#### {answer}', which gives \"#### ['4', '5']\" "
+        "(2 more rows of 3 have this problem)"
     )
 
 
@@ -268,7 +269,7 @@ def test_a_missing_reward_model_column_is_named(tmp_path):
     with pytest.raises(ValueError) as err:
         _check_data(tmp_path, rows, "algorithm.adv_estimator=ktae")
     assert str(err.value) == (
-        f"data.train_files {tmp_path / 'train.parquet'} row 0: no field 'reward_model' (the row has: ability, "
+        f"data.train_files {tmp_path / 'train.parquet'} row 0: no field 'reward_model' (the file has: ability, "
         "data_source, extra_info, prompt); verl's rule-based reward manager (naive) reads it for every rollout: "
         "write reward_model={'style': 'rule', 'ground_truth': <the answer>} in every row"
     )
@@ -283,7 +284,7 @@ def test_a_missing_reward_model_column_is_named(tmp_path):
             r"row 1: field 'reward_model\.ground_truth' is empty",
         ),
         ({"reward_model": {"style": "rule"}}, r"row 1: field 'reward_model\.ground_truth' is missing"),
-        ({"prompt": []}, r"row 1: field 'prompt' is empty"),
+        ({"prompt": []}, r"row 1: field 'prompt' is an empty list of messages"),
     ],
 )
 def test_empty_or_missing_fields_are_named_with_file_and_row(tmp_path, change, message):

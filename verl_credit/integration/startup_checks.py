@@ -190,13 +190,9 @@ def check_data(config, credit, tokenizer=None, tokenizer_note: str = "") -> list
                 raise ValueError(f"data.{key} {err}") from err
             lengths_note = ""
             if can_render:
-                table = report.table
-                if table is None:
-                    lengths_note = "; prompt lengths not checked (columns of mixed types)"
-                else:
-                    lengths, tokenized = prompt_lengths(table, needs.prompt_key, tokenizer, limit, chat_kwargs)
-                    _length_verdict(config, key, path, lengths, report.rows)
-                    lengths_note = f"; prompt lengths checked ({tokenized} rendered with the chat template)"
+                lengths, tokenized = prompt_lengths(report.table, needs.prompt_key, tokenizer, limit, chat_kwargs)
+                _length_verdict(config, key, path, lengths, report.rows)
+                lengths_note = f"; prompt lengths checked ({tokenized} rendered with the chat template)"
             elif tokenizer is not None:
                 lengths_note = "; prompt lengths not checked (the tokenizer has no chat template)"
             else:
