@@ -124,7 +124,7 @@ def main() -> None:
         f"  check_file (structure + ground truth, column-wise): {out['check_file_s']:.2f}s\n"
         f"  prompt_lengths ({out['tokenizer']}, limit {args.limit}): {out['prompt_lengths_s']:.2f}s, "
         f"{out['rows_tokenized']:,} rows tokenized, {out['over_limit']:,} over the limit\n"
-        f"  loop reference (to_pylist + row_problem) over every row: ~{out['loop_reference_s']:.1f}s (from {k:,} rows)\n"
+        f"  loop reference (to_pylist + row_problem), every row: ~{out['loop_reference_s']:.1f}s (from {k:,} rows)\n"
         f"  apply_chat_template on every row: ~{out['exact_lengths_all_rows_s']:.0f}s (from {k // 10:,} rows)"
     )
     if args.json:
