@@ -44,7 +44,7 @@ def _set(rows, row, **fields):
     "prompt, message",
     [
         ("What is 2+2?", r"row 9: field 'prompt' is a str \('What is 2\+2\?'\), expected a list of chat messages"),
-        ([{"role": "user", "content": 12351}], r"row 9: prompt\[0\]\.content is a int \(12351\), expected a string"),
+        ([{"role": "user", "content": 12351}], r"row 9: prompt\[0\]\.content is an int \(12351\), expected a string"),
         ([{"role": "user", "content": "  "}], r"row 9: prompt\[0\]\.content is empty"),
         ([], r"row 9: field 'prompt' is an empty list of messages"),
         ([{"role": "user", "content": "hi"}, {"content": "x"}], r"row 9: prompt\[1\]\.role is None"),

@@ -153,6 +153,12 @@ def _empty(value) -> bool:
     return False
 
 
+def _a(value) -> str:
+    """"a str", "an int": the article and the type name of ``value``."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _text(value, limit: int = 60) -> str:
     shown = repr(value)
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
@@ -167,7 +173,7 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
         return 1, f"field {key!r} is missing (None); {FORMAT_FIX}"
     if not isinstance(prompt, list | tuple):
         return 2, (
-            f"field {key!r} is a {type(prompt).__name__} ({_text(prompt)}), expected a list of chat messages; "
+            f"field {key!r} is {_a(prompt)} ({_text(prompt)}), expected a list of chat messages; "
             f"{FORMAT_FIX}"
         )
     if len(prompt) == 0:
@@ -175,7 +181,7 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
     for m, message in enumerate(prompt):
         where = f"{key}[{m}]"
         if not isinstance(message, dict):
-            return 4, f"{where} is a {type(message).__name__} ({_text(message)}), expected a mapping; {FORMAT_FIX}"
+            return 4, f"{where} is {_a(message)} ({_text(message)}), expected a mapping; {FORMAT_FIX}"
         role = message.get("role")
         if not (isinstance(role, str) and role.strip()):
             return 5, f"{where}.role is {_text(role)}, expected a non-empty string such as 'user'; {FORMAT_FIX}"
@@ -184,7 +190,7 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
             return 6, f"{where}.content is missing (None); {FORMAT_FIX}"
         if not isinstance(content, str):
             return 7, (
-                f"{where}.content is a {type(content).__name__} ({_text(content)}), expected a string "
+                f"{where}.content is {_a(content)} ({_text(content)}), expected a string "
                 f"(the chat template would render it as {_text(str(content))}); decode it to text"
             )
         if not content.strip():
@@ -195,7 +201,7 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
         return 9, f"field 'reward_model' is missing; {needs.present}: {REWARD_MODEL_FIX}"
     if not isinstance(reward_model, dict):
         return 10, (
-            f"field 'reward_model' is a {type(reward_model).__name__}, expected a mapping with a 'ground_truth' key"
+            f"field 'reward_model' is {_a(reward_model)}, expected a mapping with a 'ground_truth' key"
         )
     truth = reward_model.get("ground_truth")
     if truth is None:
@@ -212,7 +218,7 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
     if isinstance(truth, bool) or not isinstance(truth, str | int | float):
         shown = f", which gives {needs.template.format(answer=truth)!r}" if needs.template else ""
         return 14, (
-            f"field 'reward_model.ground_truth' is a {type(truth).__name__} ({_text(truth)}), expected one "
+            f"field 'reward_model.ground_truth' is {_a(truth)} ({_text(truth)}), expected one "
             f"answer as a string or a number; {needs.scalar}{shown}"
         )
     if isinstance(truth, float) and not truth.is_integer():

@@ -340,7 +340,7 @@ def _rows12(change=None, row=9):
     "change, message",
     [
         ({"prompt": "What is 2+2?"}, r"row 9: field 'prompt' is a str \('What is 2\+2\?'\), expected a list of chat"),
-        ({"prompt": [{"role": "user", "content": 12351}]}, r"row 9: prompt\[0\]\.content is a int \(12351\)"),
+        ({"prompt": [{"role": "user", "content": 12351}]}, r"row 9: prompt\[0\]\.content is an int \(12351\)"),
         ({"prompt": [{"role": "user", "content": ""}]}, r"row 9: prompt\[0\]\.content is empty"),
         ({"prompt": []}, r"row 9: field 'prompt' is an empty list of messages"),
     ],
