@@ -194,7 +194,10 @@ def test_vectorised_codes_equal_the_loop_for_unusual_column_types(column):
 def test_a_json_file_with_mixed_column_types_is_checked_by_the_loop(tmp_path):
     rows = _rows()
     rows[4]["reward_model"]["ground_truth"] = 7  # str and int answers: legal, not one arrow type
-    assert check_file(_jsonl(tmp_path, rows), TEACHER).rows == 12
+    rows[5]["prompt"][0]["name"], rows[6]["prompt"][0]["name"] = 5, "x"  # other message keys of mixed types
+    report = check_file(_jsonl(tmp_path, rows), TEACHER)
+    assert report.rows == 12
+    assert report.table.column("prompt")[5].as_py() == [{"role": "user", "content": rows[5]["prompt"][0]["content"]}]
     rows[10]["prompt"] = [{"role": "user", "content": ""}]
     with pytest.raises(ValueError, match=r"row 10: prompt\[0\]\.content is empty"):
         check_file(_jsonl(tmp_path, rows), TEACHER)

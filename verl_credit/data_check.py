@@ -406,7 +406,9 @@ def check_file(path: str, needs: DataNeeds) -> FileReport:
     if table is None:
         models = [r.get("reward_model") for r in rows]
         floats = sum(isinstance(m.get("ground_truth"), float) for m in models if isinstance(m, dict))
-        table = pa.table({key: pa.array([r[key] for r in rows])})  # well-formed chat messages: one type
+        # the checked messages' role and content (strings): one arrow type whatever else a message holds
+        messages = [[{"role": m["role"], "content": m["content"]} for m in r[key]] for r in rows]
+        table = pa.table({key: pa.array(messages)})
     else:
         floats = _float_truths(table)
     return FileReport(rows=n, float_truths=floats, table=table)
