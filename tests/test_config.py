@@ -95,3 +95,51 @@ def test_main_ppo_rejects_a_contradictory_config_before_ray_starts():
     assert proc.returncode == 1
     assert "actor_rollout_ref.rollout.n must be >= 2, got 1" in proc.stderr
     assert "ray init kwargs" not in proc.stdout  # verl's run_ppo prints this when it starts Ray
+
+
+# ----------------------------------------------------------------------------- issue 22: types and unknown keys
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"ktae": 5}, r"^credit\.ktae must be a mapping of options \(credit\.ktae\.<option>=<value>\), got int 5; "),
+        ({"length_reward": 5}, r"^credit\.length_reward must be a mapping of options .* got int 5; valid options: "),
+        ({"ktae": {"alpha": "abc"}}, r"^credit\.ktae\.alpha must be a number, got str 'abc'$"),
+        ({"import_modules": 5}, r"^credit\.import_modules must be a list, got int 5$"),
+        ({"counterfactual": {"placeholder_token_id": 1.5}}, r"placeholder_token_id must be an integer or null"),
+        ({"counterfactual": {"placeholder_token_id": -5}}, r"placeholder_token_id must be null or a token id >= 0"),
+        ({"length_reward": {"enabled": "yes"}}, r"^credit\.length_reward\.enabled must be true or false, got str"),
+    ],
+)
+def test_a_block_or_value_of_the_wrong_type_names_the_key(values, message):
+    with pytest.raises(ValueError, match=message):
+        CreditConfig.from_dict(values)
+
+
+def test_well_typed_values_pass():
+    cfg = CreditConfig.from_dict(
+        {"ktae": {"alpha": 2, "ignore_token_ids": [1, 2]}, "estimator_kwargs": {"a": [1]}, "variance": {"frac": 0.5}}
+    )
+    assert cfg.ktae.alpha == 2 and cfg.ktae.ignore_token_ids == [1, 2]
+
+
+def test_an_unknown_key_names_the_closest_valid_one():
+    with pytest.raises(ValueError, match=r"unknown config key credit\.ktae\.alpah; did you mean credit\.ktae\.alpha\?"):
+        CreditConfig.from_dict({"ktae": {"alpah": 2}})
+    from verl_credit.config import schema_key_problem
+    from verl_credit.main_ppo import check_credit_overrides
+
+    assert schema_key_problem("credit.ktae.alpha") is None and schema_key_problem("credit.estimator_kwargs.x") is None
+    assert "did you mean credit.ktae?" in schema_key_problem("credit.ktea.top")
+    check_credit_overrides(["credit.ktae.alpha=2", "+credit.estimator_kwargs.k=1", "data.x=1", "--cfg", "job"])
+    with pytest.raises(ValueError, match=r"^\+credit\.ktae\.alpah=2: unknown config key credit\.ktae\.alpah; did you"):
+        check_credit_overrides(["algorithm.adv_estimator=ktae", "+credit.ktae.alpah=2"])
+
+
+def test_main_ppo_names_the_closest_key_for_an_unknown_one():
+    """Issue 22, case 7: hydra alone suggests appending `+credit.ktae.alpah=2`, which is wrong advice."""
+    proc = _main_ppo("algorithm.adv_estimator=ktae", "credit.ktae.alpah=2")
+    assert proc.returncode == 1
+    assert "credit.ktae.alpah=2: unknown config key credit.ktae.alpah; did you mean credit.ktae.alpha?" in proc.stderr
+    assert "To append to your config use" not in proc.stderr

@@ -21,6 +21,9 @@ GRPO (z-score) or Dr.GRPO (centring) for the outcome advantage.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +34,7 @@ from verl_credit.core.length_reward import LengthRewardConfig
 from verl_credit.core.variance import VarianceParams
 from verl_credit.scoring import CounterfactualConfig
 
-__all__ = ["CreditConfig", "KTAEParams", "LengthRewardConfig"]
+__all__ = ["CreditConfig", "KTAEParams", "LengthRewardConfig", "schema_key_problem"]
 
 
 @dataclass
@@ -96,24 +99,97 @@ class CreditConfig:
 
         Raises ValueError naming the full key (``credit.ktae.alpah``) for unknown keys.
         """
-        return _build(cls, dict(values or {}), "credit")
+        return _build(cls, {} if values is None else values, "credit")
 
 
 def _build(cls, values: dict[str, Any], prefix: str):
-    """Instantiate dataclass ``cls`` from ``values``, recursing into nested dataclass sections."""
+    """Instantiate dataclass ``cls`` from ``values``, recursing into nested dataclass sections.
+
+    ValueError naming the full key: an unknown key (with the closest valid one), a section that is
+    not a mapping (``+credit.ktae=5``), a value whose type is not the declared one."""
     if not isinstance(values, dict):
-        raise ValueError(f"{prefix} must be a mapping, got {type(values).__name__}")
+        raise ValueError(
+            f"{prefix} must be a mapping of options ({prefix}.<option>=<value>), got {type(values).__name__} "
+            f"{values!r}; valid options: {', '.join(f.name for f in dataclasses.fields(cls))}"
+        )
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(
-            f"unknown config key {prefix}.{unknown[0]}; valid keys under {prefix}: {', '.join(sorted(known))}"
-        )
+        raise ValueError(unknown_key_message(cls, f"{prefix}.{unknown[0]}", prefix))
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         section = _section_type(known[name])
-        kwargs[name] = _build(section, value, f"{prefix}.{name}") if section and isinstance(value, dict) else value
+        key = f"{prefix}.{name}"
+        if section is not None:
+            kwargs[name] = value if isinstance(value, section) else _build(section, value, key)
+        else:
+            _check_type(value, hints[name], key)
+            kwargs[name] = value
     return cls(**kwargs)
+
+
+def unknown_key_message(cls, key: str, prefix: str) -> str:
+    """``unknown config key credit.ktae.alpah; did you mean credit.ktae.alpha? Valid keys under credit.ktae: ...``."""
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    valid = f"valid keys under {prefix}: {', '.join(known)}"
+    if close:
+        return f"unknown config key {key}; did you mean {prefix}.{close[0]}? {valid[0].upper()}{valid[1:]}"
+    return f"unknown config key {key}; {valid}"
+
+
+def schema_key_problem(key: str) -> str | None:
+    """None when ``key`` (``credit.ktae.alpha``) names an option of the ``credit`` schema (or lies
+    inside a free-form mapping such as ``credit.estimator_kwargs``), else the unknown-key message."""
+    parts = key.split(".")
+    if parts[0] != "credit":
+        return None
+    cls, prefix = CreditConfig, "credit"
+    for part in parts[1:]:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in known:
+            return unknown_key_message(cls, f"{prefix}.{part}", prefix)
+        section = _section_type(known[part])
+        if section is None:
+            return None  # a leaf (or a free-form mapping / list under it)
+        cls, prefix = section, f"{prefix}.{part}"
+    return None
+
+
+def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return {list: "a list", dict: "a mapping", tuple: "a list"}.get(origin, str(hint))
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _type_ok(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(value, list | tuple) and all(_type_ok(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _check_type(value, hint, key: str) -> None:
+    if not _type_ok(value, hint):
+        raise ValueError(f"{key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
 
 
 def _section_type(f: dataclasses.Field):

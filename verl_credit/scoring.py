@@ -54,6 +54,7 @@ __all__ = [
     "build_variants",
     "duplicate_rows",
     "answer_ids",
+    "answer_text",
     "reference_answer",
     "HFScorer",
     "hf_scorer",
@@ -106,6 +107,13 @@ class CounterfactualConfig(SpanParams, WeightParams):
             )
         if "{answer}" not in self.gold_template:
             raise ValueError("credit.counterfactual.gold_template must contain '{answer}'")
+        if self.placeholder_token_id is not None and not (
+            is_int(self.placeholder_token_id) and self.placeholder_token_id >= 0
+        ):
+            raise ValueError(
+                "credit.counterfactual.placeholder_token_id must be null or a token id >= 0, got "
+                f"{self.placeholder_token_id!r}"
+            )
         if not (is_int(self.max_batch_tokens) and self.max_batch_tokens >= 16):
             raise ValueError(
                 f"credit.counterfactual.max_batch_tokens must be an integer >= 16, got {self.max_batch_tokens!r}"
@@ -132,8 +140,21 @@ def answer_ids(tokenizer, template: str, answer) -> torch.Tensor:
     """LongTensor of ``template`` with ``{answer}`` filled in, tokenized without special tokens
     (how a reference answer is teacher-forced after the reasoning, on the workers and on CPU)."""
     return torch.tensor(
-        tokenizer(template.format(answer=answer), add_special_tokens=False)["input_ids"], dtype=torch.long
+        tokenizer(template.format(answer=answer_text(answer)), add_special_tokens=False)["input_ids"], dtype=torch.long
     )
+
+
+def answer_text(answer) -> str:
+    """A ground truth as the text that is teacher-forced: a string unchanged, an integer-valued number
+    as an integer (43.0 -> "43", as the data would write it), another number with ``str``.
+    ValueError for None, NaN or inf (there is no answer to write)."""
+    if isinstance(answer, str):
+        return answer
+    if answer is None or (isinstance(answer, float) and not math.isfinite(answer)):
+        raise ValueError(f"reward_model.ground_truth is {answer!r}: no reference answer to teacher-force")
+    if isinstance(answer, float) and answer.is_integer():
+        return str(int(answer))
+    return str(answer)
 
 
 def reference_answer(tokenizer, template: str, answer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +179,8 @@ def reference_answer(tokenizer, template: str, answer) -> tuple[torch.Tensor, to
 
 
 def _render(template: str, answer) -> tuple[str, list[tuple[int, int]]]:
-    """``template.format(answer=answer)`` and the character ranges [start, end) of each ``{answer}``."""
+    """``template.format(answer=answer_text(answer))`` and the character ranges [start, end) of each ``{answer}``."""
+    answer = answer_text(answer)
     text, spans = "", []
     for literal, name, spec, conversion in string.Formatter().parse(template):
         text += literal

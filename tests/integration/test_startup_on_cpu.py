@@ -246,7 +246,8 @@ def test_a_list_ground_truth_is_named_when_it_is_teacher_forced(tmp_path):
     assert str(err.value) == (
         f"data.train_files {tmp_path / 'train.parquet'} row 0: field 'reward_model.ground_truth' is a list "
         "(['4', '5']), expected one answer as a string or a number; algorithm.adv_estimator=variance_weighted "
-        "teacher-forces it as credit.variance.answer_template='#### {answer}', which gives \"#### ['4', '5']\""
+        "teacher-forces it as credit.variance.answer_template='#### {answer}', which gives \"#### ['4', '5']\" "
+        "(2 more rows of 3 have this problem)"
     )
 
 
@@ -268,7 +269,7 @@ def test_a_missing_reward_model_column_is_named(tmp_path):
     with pytest.raises(ValueError) as err:
         _check_data(tmp_path, rows, "algorithm.adv_estimator=ktae")
     assert str(err.value) == (
-        f"data.train_files {tmp_path / 'train.parquet'} row 0: no field 'reward_model' (the row has: ability, "
+        f"data.train_files {tmp_path / 'train.parquet'} row 0: no field 'reward_model' (the file has: ability, "
         "data_source, extra_info, prompt); verl's rule-based reward manager (naive) reads it for every rollout: "
         "write reward_model={'style': 'rule', 'ground_truth': <the answer>} in every row"
     )
@@ -283,7 +284,7 @@ def test_a_missing_reward_model_column_is_named(tmp_path):
             r"row 1: field 'reward_model\.ground_truth' is empty",
         ),
         ({"reward_model": {"style": "rule"}}, r"row 1: field 'reward_model\.ground_truth' is missing"),
-        ({"prompt": []}, r"row 1: field 'prompt' is empty"),
+        ({"prompt": []}, r"row 1: field 'prompt' is an empty list of messages"),
     ],
 )
 def test_empty_or_missing_fields_are_named_with_file_and_row(tmp_path, change, message):
@@ -309,3 +310,176 @@ def test_missing_data_files_are_a_note_in_the_dry_run(tmp_path, capsys):
     startup.dry_run(verl_cfg("algorithm.adv_estimator=ktae", f"data.train_files={tmp_path / 'absent.parquet'}"))
     err = capsys.readouterr().err
     assert f"data.train_files {tmp_path / 'absent.parquet'} does not exist yet" in err and "nothing launched" in err
+
+
+# ----------------------------------------------------------------------------- issue 22: data and late checks
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_model_dir, tmp_path_factory):
+    """A model folder whose tokenizer (the tiny Qwen2 BPE) has the smoke chat template."""
+    from transformers import AutoTokenizer
+
+    from verl_credit.cpu.smoke import CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    path = tmp_path_factory.mktemp("chat_model")
+    tok.save_pretrained(path)
+    return path
+
+
+def _rows12(change=None, row=9):
+    rows = _rows(n=12)
+    if change:
+        rows[row] = {**rows[row], **change}
+    return rows
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prompt": "What is 2+2?"}, r"row 9: field 'prompt' is a str \('What is 2\+2\?'\), expected a list of chat"),
+        ({"prompt": [{"role": "user", "content": 12351}]}, r"row 9: prompt\[0\]\.content is an int \(12351\)"),
+        ({"prompt": [{"role": "user", "content": ""}]}, r"row 9: prompt\[0\]\.content is empty"),
+        ({"prompt": []}, r"row 9: field 'prompt' is an empty list of messages"),
+    ],
+)
+def test_a_malformed_prompt_after_row_8_fails_the_dry_run(tmp_path, change, message):
+    """Issue 22, case 3: the check read 8 rows; row 9 was never seen."""
+    with pytest.raises(ValueError, match=rf"^data\.train_files {tmp_path / 'train.jsonl'} {message}"):
+        _check_data(tmp_path, _rows12(change), "algorithm.adv_estimator=grpo", name="train.jsonl")
+
+
+def test_the_summary_line_counts_every_row(tmp_path, capsys):
+    _check_data(tmp_path, _rows(n=40), "algorithm.adv_estimator=grpo")
+    err = capsys.readouterr().err
+    assert f"data.train_files {tmp_path / 'train.parquet'}: 40 rows read, prompts and reward_model checked" in err
+    assert "prompt lengths not checked" in err  # verl's default model path is not on this machine
+
+
+def _long_rows(n_long=3, n=12, words=60):
+    rows = _rows(n=n)
+    for i in range(n - n_long, n):
+        rows[i]["prompt"] = [{"role": "user", "content": "duck eggs " * words}]
+    return rows
+
+
+def test_prompts_over_the_limit_that_verl_would_cut_silently_fail(tmp_path, chat_model):
+    """Issue 22, case 3: verl 0.9.1 left-cuts them in the agent loop whatever data.truncation says."""
+    model = f"actor_rollout_ref.model.path={chat_model}"
+    with pytest.raises(ValueError) as err:
+        _check_data(tmp_path, _long_rows(), "algorithm.adv_estimator=grpo", model, "data.max_prompt_length=128")
+    message = str(err.value)
+    assert message.startswith(
+        f"data.train_files {tmp_path / 'train.parquet'}: 3 of 12 prompts are longer than "
+        "actor_rollout_ref.rollout.prompt_length=128 tokens (the first: row 9, "
+    ), message
+    assert "silently: verl's RL dataset does not apply data.truncation=error. Raise data.max_prompt_length" in message
+    assert "data.filter_overlong_prompts=true to drop them, or data.truncation=left" in message
+
+
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (["data.truncation=left"], "verl's agent loop keeps the last 128 tokens of each (data.truncation=left)"),
+        (["data.filter_overlong_prompts=true"], "data.filter_overlong_prompts=true: verl drops them"),
+    ],
+)
+def test_prompts_over_the_limit_that_verl_drops_or_cuts_as_asked_are_a_warning(
+    tmp_path, chat_model, capsys, overrides, line
+):
+    model = f"actor_rollout_ref.model.path={chat_model}"
+    _check_data(tmp_path, _long_rows(), "algorithm.adv_estimator=grpo", model, "data.max_prompt_length=128", *overrides)
+    err = capsys.readouterr().err
+    assert "warning: " in err and "3 of 12 prompts are longer than" in err and line in err
+    assert "12 rows read" in err and "prompt lengths checked (" in err
+
+
+def test_every_prompt_dropped_by_the_filter_fails(tmp_path, chat_model):
+    with pytest.raises(ValueError, match=r"all 12 prompts are longer than data\.max_prompt_length=128 tokens"):
+        _check_data(
+            tmp_path,
+            _long_rows(n_long=12),
+            "algorithm.adv_estimator=grpo",
+            f"actor_rollout_ref.model.path={chat_model}",
+            "data.max_prompt_length=128",
+            "data.filter_overlong_prompts=true",
+        )
+
+
+def test_a_float_ground_truth_passes_and_a_nan_one_fails_where_teacher_forced(tmp_path, capsys):
+    """Issue 22, case 4: 43.0 is written "43" (verl_credit.scoring.answer_text); NaN names its row."""
+    rows = [{**r, "reward_model": {"style": "rule", "ground_truth": 43.0}} for r in _rows12()]
+    _check_data(tmp_path, rows, "algorithm.adv_estimator=variance_weighted", name="train.jsonl")
+    assert "12 float ground truths, written as integers when teacher-forced" in capsys.readouterr().err
+    rows[9]["reward_model"]["ground_truth"] = float("nan")
+    with pytest.raises(ValueError, match=r"row 9: field 'reward_model\.ground_truth' is nan; algorithm\.adv_estimator"):
+        _check_data(tmp_path, rows, "algorithm.adv_estimator=variance_weighted", name="train.jsonl")
+
+
+def test_a_missing_gold_answer_fails_before_the_first_step(tmp_path):
+    """Issue 22, case 6: a None ground truth with answer_source=gold failed only at step 3."""
+    rows = _rows12({"reward_model": {"style": "rule", "ground_truth": None}})
+    with pytest.raises(ValueError) as err:
+        _check_data(
+            tmp_path, rows, "algorithm.adv_estimator=counterfactual", "+credit.counterfactual.answer_source=gold"
+        )
+    assert str(err.value).startswith(
+        f"data.train_files {tmp_path / 'train.parquet'} row 9: field 'reward_model.ground_truth' is missing (None"
+    )
+    assert "credit.counterfactual.answer_source=gold teacher-forces it" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+credit.counterfactual.placeholder_token_id=999999", r"placeholder_token_id=999999 is not a token id of"),
+        ("+credit.counterfactual.placeholder_token_id=-5", r"placeholder_token_id must be null or a token id >= 0"),
+        ("+credit.ktae.ignore_token_ids=[1,100000]", r"credit\.ktae\.ignore_token_ids=100000 is not a token id of"),
+    ],
+)
+def test_a_token_id_outside_the_vocabulary_fails_before_ray(good_data, chat_model, override, message):
+    """Issue 22, case 6: gave an IndexError at step 1."""
+    config = verl_cfg(
+        "algorithm.adv_estimator=counterfactual",
+        f"data.train_files={good_data}",
+        f"actor_rollout_ref.model.path={chat_model}",
+        override,
+    )
+    with pytest.raises(ValueError, match=message):
+        verl_start(config)
+
+
+def test_token_ids_without_a_tokenizer_are_a_note(good_data, capsys):
+    config = verl_cfg(
+        "algorithm.adv_estimator=counterfactual",
+        f"data.train_files={good_data}",
+        "+credit.counterfactual.placeholder_token_id=999999",
+    )
+    startup.check_config(config)
+    assert "note: credit.* token ids not checked against the vocabulary: " in capsys.readouterr().err
+
+
+def test_a_user_scorer_with_another_signature_fails_before_ray(good_data, tmp_path, monkeypatch):
+    """Issue 22, case 6: gave a TypeError at step 1."""
+    (tmp_path / "my_scorers_22.py").write_text(
+        "def two_args(inputs, extra):\n    return inputs\n\ndef one_arg(inputs):\n    return inputs\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["algorithm.adv_estimator=grpo", f"data.train_files={good_data}", "+credit.length_reward.enabled=true"]
+    with pytest.raises(ValueError) as err:
+        verl_start(verl_cfg(*base, "+credit.length_reward.scorer=my_scorers_22:two_args"))
+    assert str(err.value).startswith(
+        "credit.length_reward.scorer=my_scorers_22:two_args: the scorer is called as fn(inputs) with one ScorerInputs"
+    )
+    assert "its signature is two_args(inputs, extra)" in str(err.value)
+    verl_start(verl_cfg(*base, "+credit.length_reward.scorer=my_scorers_22:one_arg"))
+    sys.modules.pop("my_scorers_22", None)
+
+
+@pytest.mark.parametrize("block", ["ktae", "length_reward"])
+def test_a_credit_block_that_is_not_a_mapping_is_named_through_verls_entry(good_data, block):
+    """Issue 22, case 6: `+credit.ktae=5` gave AttributeError: 'int' object has no attribute ..."""
+    with pytest.raises(ValueError, match=rf"^credit\.{block} must be a mapping of options .* got int 5"):
+        verl_start(verl_cfg("algorithm.adv_estimator=ktae", f"data.train_files={good_data}", f"+credit.{block}=5"))

@@ -13,7 +13,8 @@ Public API:
     check_estimator_name(config)           an unknown ``algorithm.adv_estimator``: the registered names and
                                            the closest match
     check_plugin_loading(config)           the doctor's check (``verl-credit doctor``), in this process
-    check_data(config, credit)             the first rows of ``data.train_files`` / ``val_files``
+    check_data(config, credit, ...)        every row of ``data.train_files`` / ``val_files``, prompt lengths
+                                           (``verl_credit.integration.startup_checks``)
     plugin_checks(config) -> CreditConfig  all of the above, in that order
     check_config(config) -> CreditConfig   plugin_checks, then verl's ``validate_config`` and the custom
                                            reward function's import (the dry run's checks)
@@ -32,14 +33,20 @@ Nothing here imports verl at module level: the hook module imports this one only
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import sys
-from pathlib import Path
+
+from verl_credit.integration.startup_checks import (
+    check_data,
+    check_scorer_signature,
+    check_token_ids,
+    data_files,
+    is_local,
+    load_tokenizer,
+)
 
 __all__ = [
     "DRY_RUN_ENV",
-    "FIRST_ROWS",
     "dry_run_requested",
     "plugin_requested",
     "plugin_features",
@@ -47,6 +54,8 @@ __all__ = [
     "check_estimator_name",
     "check_plugin_loading",
     "check_data",
+    "check_token_ids",
+    "check_scorer_signature",
     "plugin_checks",
     "check_config",
     "dry_run",
@@ -54,9 +63,7 @@ __all__ = [
 ]
 
 DRY_RUN_ENV = "VERL_CREDIT_DRY_RUN"
-FIRST_ROWS = 8  # rows read from the head of each data file
 PLUGINS_ENV = "VERL_USE_EXTERNAL_PLUGINS"
-REWARD_FUNCTIONS_GRADING_TEXT = ("pkg://verl_credit.rewards", "pkg://verl_credit.cpu.smoke_reward")
 
 _checked: list = []  # configs that went through plugin_checks in this process (verl's main then skips them)
 
@@ -228,166 +235,16 @@ def check_plugin_loading(config) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def _data_files(config, key: str) -> list[str]:
-    files = config.data.get(key)
-    if files is None:
-        return []
-    return [str(files)] if isinstance(files, str) else [str(f) for f in files]
-
-
-def _local(path: str) -> bool:
-    return "://" not in path and os.path.exists(path)
-
-
-def read_first_rows(path: str, n: int = FIRST_ROWS) -> list[dict]:
-    """The first ``n`` rows of a verl data file (``.parquet``, ``.jsonl``, or ``.json``: JSON lines or
-    one array), as dicts. ValueError naming the file (and the line) when it cannot be read."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            batch = next(pq.ParquetFile(path).iter_batches(batch_size=n), None)
-        except Exception as err:  # pyarrow raises several types for a broken file
-            raise ValueError(f"{path}: not a readable parquet file ({err})") from err
-        return batch.to_pylist()[:n] if batch is not None else []
-    if suffix not in (".jsonl", ".json"):
-        raise ValueError(f"{path}: verl reads .parquet, .json and .jsonl data files, not {suffix or 'no suffix'}")
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1).lstrip() or f.read(4096).lstrip()[:1]
-        f.seek(0)
-        if head == "[":
-            try:
-                return list(json.load(f))[:n]
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: not valid JSON ({err})") from err
-        rows = []
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg})") from err
-            if len(rows) == n:
-                break
-        return rows
-
-
-def _data_needs(config, credit) -> dict:
-    """What the run reads from each row. Keys: ``prompt_key``; ``present`` / ``scalar``: why
-    ``reward_model.ground_truth`` must be present and non-empty / one string or number (None where
-    nothing needs it); ``template``: how a teacher-forced ground truth is written (or None)."""
-    from omegaconf import OmegaConf
-
-    needs = {"prompt_key": str(config.data.get("prompt_key", "prompt")), "present": None, "scalar": None}
-    needs["template"] = None
-    if not OmegaConf.select(config, "reward.reward_model.enable", default=False):
-        manager = OmegaConf.select(config, "reward.reward_manager.name", default="naive")
-        needs["present"] = f"verl's rule-based reward manager ({manager}) reads it for every rollout"
-    reward_path = str(OmegaConf.select(config, "reward.custom_reward_function.path"))
-    if reward_path in REWARD_FUNCTIONS_GRADING_TEXT:
-        needs["scalar"] = f"the reward function {reward_path} grades against str(ground_truth)"
-    if OmegaConf.select(config, "trainer.v1.trainer_mode") == "credit":
-        from verl_credit.integration.scoring_stage import stage_products
-
-        products = stage_products(str(config.algorithm.adv_estimator), credit)
-        reference, counterfactual = products["reference"], products["counterfactual"]
-        if reference is not None:
-            needs["template"] = reference.answer_template
-            needs["scalar"] = (
-                f"algorithm.adv_estimator={config.algorithm.adv_estimator} teacher-forces it as "
-                f"credit.variance.answer_template={needs['template']!r}"
-            )
-        elif counterfactual is not None and counterfactual.answer_source == "gold":
-            needs["template"] = counterfactual.gold_template
-            needs["scalar"] = (
-                f"credit.counterfactual.answer_source=gold teacher-forces it as "
-                f"credit.counterfactual.gold_template={needs['template']!r}"
-            )
-    needs["present"] = needs["present"] or needs["scalar"]
-    return needs
-
-
-def _empty(value) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, list | tuple | dict):
-        return len(value) == 0
-    return False
-
-
-def _check_row(where: str, row, needs: dict) -> None:
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: a row must be a mapping of fields, got {type(row).__name__}")
-    fields = ", ".join(sorted(map(str, row))) or "no fields"
-    key = needs["prompt_key"]
-    if key not in row:
-        raise ValueError(f"{where}: no field {key!r} (data.prompt_key={key}); the row has: {fields}")
-    if _empty(row[key]):
-        raise ValueError(f"{where}: field {key!r} is empty; verl builds the prompt from it")
-    if not needs["present"]:
-        return
-    reward_model = row.get("reward_model")
-    if reward_model is None:
-        raise ValueError(
-            f"{where}: no field 'reward_model' (the row has: {fields}); {needs['present']}: write "
-            "reward_model={'style': 'rule', 'ground_truth': <the answer>} in every row"
-        )
-    if not isinstance(reward_model, dict):
-        raise ValueError(
-            f"{where}: field 'reward_model' is a {type(reward_model).__name__}, expected a mapping with a "
-            "'ground_truth' key"
-        )
-    truth = reward_model.get("ground_truth")
-    if truth is None:
-        raise ValueError(f"{where}: field 'reward_model.ground_truth' is missing; {needs['present']}")
-    if _empty(truth):
-        raise ValueError(f"{where}: field 'reward_model.ground_truth' is empty; {needs['present']}")
-    scalar = isinstance(truth, str | int | float) and not isinstance(truth, bool)
-    if needs["scalar"] and not scalar:
-        shown = f", which gives {needs['template'].format(answer=truth)!r}" if needs["template"] else ""
-        raise ValueError(
-            f"{where}: field 'reward_model.ground_truth' is a {type(truth).__name__} ({truth!r}), expected one "
-            f"answer as a string or a number; {needs['scalar']}{shown}"
-        )
-
-
-def check_data(config, credit, n: int = FIRST_ROWS) -> list[str]:
-    """Check the first ``n`` rows of every local ``data.train_files`` / ``data.val_files`` against what
-    the run reads (:func:`_data_needs`). ValueError naming the file, the row and the field. Returns
-    the files that were not checked (remote or missing) as ``data.<key> <path>``."""
-    needs = _data_needs(config, credit)
-    skipped = []
-    for key in ("train_files", "val_files"):
-        for path in _data_files(config, key):
-            if not _local(path):
-                skipped.append(f"data.{key} {path}")
-                continue
-            try:
-                rows = read_first_rows(path, n)
-            except ValueError as err:
-                raise ValueError(f"data.{key} {err}") from err
-            if not rows:
-                raise ValueError(f"data.{key} {path}: the file has no rows")
-            for i, row in enumerate(rows):
-                _check_row(f"data.{key} {path} row {i}", row, needs)
-    return skipped
-
-
 # ----------------------------------------------------------------------------- all checks
 
 
 def plugin_checks(config, data: bool = True):
-    """verl_credit's start-up checks of a full trainer config (in this order): the ``credit`` block,
-    the estimator name, the trainer choice (may set ``trainer.v1.trainer_mode=credit``), the plugin
-    trainer's own checks, the doctor's check when the plugin trainer runs, the data. Returns the
-    validated ``credit`` block."""
+    """verl_credit's start-up checks of a full trainer config (in this order): the ``credit`` block
+    (every key and type), the estimator name, the trainer choice (may set
+    ``trainer.v1.trainer_mode=credit``), the plugin trainer's own checks and a user scorer's signature,
+    the doctor's check when the plugin trainer runs, ``credit.*`` token ids against the model's
+    tokenizer (loaded offline; skipped with a note when it cannot be), every row of the data and the
+    prompts' lengths. Returns the validated ``credit`` block."""
     from verl_credit.integration.trainer import credit_config_from, validate_run_config
     from verl_credit.integration.verl_registry import TRAINER_MODE
 
@@ -398,10 +255,16 @@ def plugin_checks(config, data: bool = True):
     if not features and config.get("credit") is not None and mode != TRAINER_MODE:
         _log("credit.* is set but no verl_credit feature is on: verl's stock trainer runs and ignores it")
     credit = validate_run_config(config)
+    check_scorer_signature(credit)
     if mode == TRAINER_MODE:
         check_plugin_loading(config)
+    tokenizer, note = load_tokenizer(config)
+    if tokenizer is not None:
+        check_token_ids(credit, tokenizer)
+    elif credit.counterfactual.placeholder_token_id is not None or credit.ktae.ignore_token_ids:
+        _log(f"note: credit.* token ids not checked against the vocabulary: {note}")
     if data:
-        check_data(config, credit)
+        check_data(config, credit, tokenizer, note)
     _checked.append(config)
     return credit
 
@@ -421,14 +284,14 @@ def check_config(config):
 
 
 def dry_run(config) -> None:
-    """Check ``config`` and print it resolved; no Ray, no model, no data loading beyond the first rows."""
+    """Check ``config`` and print it resolved; no Ray, no model (only its tokenizer, offline)."""
     from omegaconf import OmegaConf
 
     check_config(config)
     print(OmegaConf.to_yaml(config, resolve=True))
     for key in ("train_files", "val_files"):
-        for path in _data_files(config, key):
-            if not _local(path):
+        for path in data_files(config, key):
+            if not is_local(path):
                 what = "is not a local file: not checked" if "://" in path else "does not exist yet"
                 print(f"[verl_credit dry run] note: data.{key} {path} {what}", file=sys.stderr)
     print("[verl_credit dry run] config composed, resolved and validated; nothing launched", file=sys.stderr)
