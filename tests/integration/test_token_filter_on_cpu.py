@@ -18,7 +18,7 @@ import verl_credit.main_ppo  # noqa: F401  (registers the credit schema)
 from verl_credit.core.ktae import KTAEParams, ktae_advantages_loop
 from verl_credit.core.token_filter import filter_advantages, high_entropy_mask_loop
 from verl_credit.integration import startup
-from verl_credit.integration.token_filter import ENTROPY_FIELD
+from verl_credit.integration.token_filter import ENTROPY_FIELD, KEPT_DENOMINATOR_LOSSES
 from verl_credit.integration.trainer import CreditPPOTrainer, validate_run_config
 
 PAD_ID, EOS_ID = 0, 1
@@ -250,3 +250,38 @@ def test_the_filter_alone_selects_the_plugin_trainer_over_verls_grpo(loss_mode, 
     assert "credit.token_filter.entropy_quantile=0.2" in capsys.readouterr().err
     # verl's calculate_entropy is left as it is: V1 computes the entropy in the old-log-prob forward anyway
     assert config.actor_rollout_ref.actor.calculate_entropy is False
+
+
+# ----------------------------------------------------------------------------- the denominators per loss
+
+
+def _loss_grad(loss_mode, adv, old, logp, mask):
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+    from verl.workers.config.actor import ActorConfig
+
+    cfg = ActorConfig(strategy="fsdp", ppo_mini_batch_size=1, ppo_micro_batch_size_per_gpu=1, rollout_n=1)
+    loss, _ = get_policy_loss_fn(loss_mode)(old, logp, adv, mask.float(), "token-mean", cfg)
+    (grad,) = torch.autograd.grad(loss, logp)
+    return grad
+
+
+@pytest.mark.parametrize("loss_mode", KEPT_DENOMINATOR_LOSSES)
+@pytest.mark.parametrize("seed", range(3))
+def test_kept_is_the_mean_over_the_kept_tokens_for_the_losses_it_is_allowed_with(loss_mode, seed):
+    """For every loss ``denominator=kept`` is accepted with, A * keep * N / N_kept under verl's token-mean
+    loss has the gradient of the loss over the kept tokens alone; "all" has N_kept / N of it."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 6, 9
+    mask = (torch.arange(T)[None] < torch.randint(2, T + 1, (B,), generator=g)[:, None]).long()
+    adv = torch.randn(B, T, generator=g) * mask
+    entropy = torch.rand(B, T, generator=g) * 3
+    old = -torch.rand(B, T, generator=g) * 2
+    logp = (old + 0.3 * torch.randn(B, T, generator=g)).requires_grad_(True)  # some ratios out of the clip range
+    keep, _ = high_entropy_mask_loop(entropy, mask, 0.3)
+    n_valid, n_kept = int(mask.sum()), int(keep.sum())
+    reference = _loss_grad(loss_mode, adv, old, logp, keep.long())  # the loss over the kept tokens only
+    kept = _loss_grad(loss_mode, filter_advantages(adv, keep, mask, "kept"), old, logp, mask)
+    torch.testing.assert_close(kept, reference, rtol=1e-5, atol=1e-7)
+    every = _loss_grad(loss_mode, filter_advantages(adv, keep, mask, "all"), old, logp, mask)
+    torch.testing.assert_close(every, reference * n_kept / n_valid, rtol=1e-5, atol=1e-7)
+    assert bool((kept[mask.bool() & ~keep] == 0).all()) and bool((kept != 0).any())
