@@ -382,17 +382,20 @@ def test_filter_over_counterfactual_with_clip_cov(ws, tmp_path):
         ws,
         tmp_path,
         "counterfactual",
+        "credit.counterfactual.answer_source=gold",  # every scored rollout has an answer: weights != 1
         f"credit.token_filter.entropy_quantile={FILTER_Q}",
         "actor_rollout_ref.actor.policy_loss.loss_mode=clip_cov",
     )
     _common_checks(result, "credit/counterfactual/", dumps)
-    config = CounterfactualConfig()
+    config = CounterfactualConfig(answer_source="gold")
 
     def unfiltered(d):
         _, expected, _, mask = _counterfactual_expected(d, config)
         return expected, mask
 
     _check_filtered(result, dumps, unfiltered)
+    weights = [_counterfactual_expected(d, config)[2:] for d in dumps]
+    assert any((w[m.bool()] != 1).any() for w, m in weights), "no token was weighted"
 
 
 def test_filter_over_ktae_with_counterfactual_weights_and_kl_cov_dp2(ws, tmp_path, tiny):
@@ -403,13 +406,14 @@ def test_filter_over_ktae_with_counterfactual_weights_and_kl_cov_dp2(ws, tmp_pat
         tmp_path,
         "ktae",
         "credit.token_weighting=counterfactual",
+        "credit.counterfactual.answer_source=gold",
         f"credit.token_filter.entropy_quantile={FILTER_Q}",
         "actor_rollout_ref.actor.policy_loss.loss_mode=kl_cov",
         dp=2,
     )
     _common_checks(result, "credit/ktae/", dumps)
     params = KTAEParams().with_special_ids(special_token_ids(tiny[1]))
-    config = CounterfactualConfig()
+    config = CounterfactualConfig(answer_source="gold")
 
     def unfiltered(d):
         _, responses, mask, scores, uids = _real(d)
@@ -418,6 +422,8 @@ def test_filter_over_ktae_with_counterfactual_weights_and_kl_cov_dp2(ws, tmp_pat
         return ktae.double() * w.double(), mask
 
     _check_filtered(result, dumps, unfiltered)
+    weights = [_counterfactual_expected(d, config)[2:] for d in dumps]
+    assert any((w[m.bool()] != 1).any() for w, m in weights), "no token was weighted"
 
 
 USER_MODULE = '''
