@@ -237,7 +237,7 @@ def _filter_summary(result) -> list[str]:
     source = (
         f"credit.token_filter.entropy_quantile={tf.quantile:g}"
         if tf.configured
-        else f"q={tf.quantile:g}, the paper's; off in this config (--set token_filter.entropy_quantile=Q)"
+        else f"q={tf.quantile:g}, the paper's: the filter is off in this config, --set token_filter.entropy_quantile=Q"
     )
     m = tf.metrics
     lines = [
