@@ -15,6 +15,9 @@ import json
 import subprocess
 import sys
 
+from verl_credit.diagnose import diagnose
+from verl_credit.diagnose import plugins_policy_problem as plugins_policy_problem  # re-exported
+
 # Runs in a fresh interpreter: verl must be imported first, exactly as a training process does.
 _PROBE = r"""
 import importlib.util, json, os, sys
@@ -53,56 +56,6 @@ print(json.dumps(report))
 """
 
 
-def plugins_policy_problem(policy: str | None) -> str | None:
-    """Why ``VERL_USE_EXTERNAL_PLUGINS=policy`` keeps verl from loading verl_credit, or None.
-
-    verl's rule (``verl/__init__.py``): unset or ``auto`` loads every ``verl.plugins`` entry point,
-    ``none`` loads none, a comma-separated list loads only the entry points it names."""
-    value = (policy or "auto").strip().lower()
-    if value == "auto":
-        return None
-    if value == "none":
-        return (
-            "VERL_USE_EXTERNAL_PLUGINS=none: verl loads no plugin, so verl_credit is missing in verl's TaskRunner and "
-            "Ray workers; unset it, or list verl_credit (VERL_USE_EXTERNAL_PLUGINS=verl_credit)"
-        )
-    if "verl_credit" not in {name.strip() for name in value.split(",")}:
-        return (
-            f"VERL_USE_EXTERNAL_PLUGINS={policy} does not list verl_credit, so verl does not load it in its "
-            f"TaskRunner and Ray workers; add it: VERL_USE_EXTERNAL_PLUGINS={policy},verl_credit"
-        )
-    return None
-
-
-def _diagnose(report: dict) -> list[str]:
-    problems = list(report.get("errors", []))
-    if "verl_version" in report:
-        major_minor = tuple(int(p) for p in report["verl_version"].split(".")[:2] if p.isdigit())
-        if major_minor != (0, 9):
-            problems.append(f"verl {report['verl_version']} is installed; verl_credit supports verl >=0.9.1,<0.10")
-    if report.get("entry_points") is not None and not any("verl_credit" in e for e in report["entry_points"]):
-        problems.append("no 'verl.plugins' entry point for verl_credit: reinstall with `pip install -e .`")
-    policy_problem = plugins_policy_problem(report.get("plugins_policy"))
-    if policy_problem:
-        problems.append(policy_problem)
-    if report.get("plugin_loaded_by_entry_point") is False:
-        problems.append(
-            "`import verl` did not load verl_credit.plugin (VERL_USE_EXTERNAL_PLUGINS=none? "
-            "run `python -c 'import verl_credit.plugin'` to see the error)"
-        )
-    if report.get("start_up_hook") is False:
-        problems.append(
-            "verl's validate_config is not wrapped: `python -m verl.trainer.main_ppo` would neither choose the plugin "
-            "trainer nor run verl_credit's start-up checks"
-        )
-    if "trainer_modes" in report and "credit" not in report["trainer_modes"]:
-        problems.append("trainer mode 'credit' is not registered in verl's V1 trainer registry")
-    missing = sorted(set(report.get("plugin_estimators", [])) - set(report.get("stubs_in_verl_registry", [])))
-    if missing:
-        problems.append(f"estimators not registered in verl's register_adv_est: {', '.join(missing)}")
-    return problems
-
-
 def doctor(as_json: bool = False) -> int:
     """Print the probe's report; return 0 when the plugin is fully wired into verl, else 1."""
     proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
@@ -111,7 +64,7 @@ def doctor(as_json: bool = False) -> int:
         print(f"verl-credit doctor: the probe process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
         return 1
     report = json.loads(lines[-1])
-    problems = _diagnose(report)
+    problems = diagnose(report)
     report["problems"] = problems
     if as_json:
         print(json.dumps(report, indent=2))

@@ -52,7 +52,9 @@ def test_bootstrap_interval_brackets_the_point_and_is_seeded():
 def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "gym"
     argv = ["gym", "--quick", "--out", str(out), "--estimators", "grpo", "ktae", "counterfactual:inverted"]
-    argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "grpo+lr", "--import", "json", "--threads", "1"]
+    argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "grpo+lr", "oracle", "anti_oracle:mask"]
+    argv += ["entropy80+m1", "optimal_token_baseline+clip_cov"]
+    argv += ["--import", "json", "--threads", "1"]
     argv += ["--train-prompts", "8"]  # quick: 2 steps x 8 prompts, every prompt seen in both steps
     assert main(argv) == 0
     for name in ("results.json", "results.md", "credit_auc.png", "learning_curves.png"):
@@ -63,6 +65,8 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
         signals
     )
     assert {f"bingo significance ({n})" for n in ("surprisal", "ktae", "counterfactual")} <= set(signals)
+    # measurement 1 scores the credit form: the filter and +m1 stay, the loss mode goes
+    assert {"oracle", "anti_oracle:mask", "entropy80+m1", "optimal_token_baseline"} <= set(signals)
     assert [r["method"] for r in result["learning"]] == [
         "grpo",
         "ktae",
@@ -71,6 +75,10 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
         "gym_test_half_credit",
         "grpo+qp+rb",
         "grpo+lr",
+        "oracle",
+        "anti_oracle:mask",
+        "entropy80+m1",
+        "optimal_token_baseline+clip_cov",
     ]
     runs = {r["method"]: r for r in result["runs"]}
     for run in runs.values():  # held-out length at every evaluation, in tokens (eos included)
@@ -83,9 +91,26 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     assert lr["length_reward/shaped_score/mean"] != pytest.approx(lr["reward/mean"], abs=1e-3)
     assert lr["length_reward/anchor_prompts/count"] == 8 and lr["length_reward/anchor_new_prompts/count"] == 4
     assert not any(k.startswith("length_reward/") for k in runs["grpo"]["metrics"])
+    # paired seeds: every method at seed 0 trained on the same prompts and sampled the same first step
+    # (+rb draws twice the prompts)
+    paired = {name: run["paired"] for name, run in runs.items() if "+rb" not in name}
+    assert len({p["prompts"] for p in paired.values()}) == 1
+    assert len({p["first_rollouts"] for p in paired.values()}) == 1
+    # endpoints: AUC, paired differences to grpo (one seed: no interval), the validity check
+    learn = {row["method"]: row for row in result["learning"]}
+    for row in learn.values():
+        assert row["auc"]["per_seed"].keys() == {"0"} and 0 <= row["auc"]["mean"] <= 1
+        diff = row["auc"]["mean"] - learn["grpo"]["auc"]["mean"]
+        assert row["vs_grpo"]["auc"]["per_seed"]["0"] == pytest.approx(diff)
+        assert row["credit_efficiency"] is not None
+    assert learn["grpo"]["vs_grpo"]["final"]["mean"] == 0.0
+    validity = result["validity"]
+    assert validity["passed"] is False and validity["oracle_vs_grpo"]["passed"] is False  # one seed: no CI
+    assert {"eval_se", "seed_sd_auc", "ok"} <= result["noise"].keys()
+    assert "validity check: FAILED" in capsys.readouterr().out
     assert 0.0 <= result["warm_start"]["pass_rate"] <= 1.0
     table = (out / "results.md").read_text()
-    assert "| gym_test_half_credit |" in table
+    assert "| gym_test_half_credit |" in table and "AUC diff vs grpo" in table and "validity check" in table
     assert "### Held-out pass@1 per evaluation step" in table and "### Mean response length" in table
     assert (out / "credit_auc.png").read_bytes()[:4] == b"\x89PNG"
     # a second run reuses the warm-started model

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 import verl_credit.main_ppo  # noqa: F401  (registers the credit schema)
 from verl_credit import registry
-from verl_credit.cli import plugins_policy_problem
 from verl_credit.data import verl_record, write_parquet
+from verl_credit.diagnose import plugins_policy_problem
 from verl_credit.integration import startup
 from verl_credit.registry import list_estimators
 

@@ -4,7 +4,8 @@ puts the credit, token by token, in a self-contained HTML report.
 Modules:
     options   -- ExplainConfig, the command-line flags, the demo settings (the demo's answer markers).
     run       -- load the model and problems, sample a group per problem, grade, build the sections.
-    sections  -- one builder per estimator, computing through the package's own functions.
+    sections  -- what a view builder receives and returns (Workspace, TokenView, Section), the registry.
+    views     -- the built-in builders, one module per estimator, computing through the package's functions.
     coverage  -- which rollouts the counterfactual stage measured, and why not the others.
     compare   -- estimators against each other: the side-by-side rollout, rank correlations, silent views.
     plots     -- matplotlib summary plots (PNG bytes) and the label-collision check.

@@ -30,7 +30,7 @@ from verl_credit.config import CreditConfig
 from verl_credit.core.counterfactual import STAGE_FIELDS
 from verl_credit.core.groups import group_index_from_uids, mixed_groups
 from verl_credit.core.length_reward import ScorerInputs, get_scorer, minmax_normalize, run_scorer
-from verl_credit.gym.model import response_logprobs
+from verl_credit.gym.model import response_stats
 from verl_credit.gym.rollout import Method, Rollouts, estimate
 from verl_credit.gym.task import CAUSAL, FILLER, SIDE
 from verl_credit.scoring import hf_scorer, score_spans
@@ -102,10 +102,10 @@ def token_signals(
 ) -> dict[str, torch.Tensor]:
     """{signal name: (B, T) per-token scores} for every method plus KTAE's K and Bingo's scorers."""
     mask = r.response_mask.float()
-    old = response_logprobs(model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
+    old = response_stats(model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
     signals: dict[str, torch.Tensor] = {}
     for m in methods:
-        out = estimate(m, r, model, tokenizer, config, old_log_probs=old)
+        out = estimate(m, r, model, tokenizer, config, stats=old, ref_log_probs=old.log_probs)  # ref = warm start
         signals[m.label] = _relative(out.advantages, mask)
         if m.estimator == "ktae" and "key_token_values" in out.diagnostics:
             signals["ktae K"] = out.diagnostics["key_token_values"].abs() * mask
@@ -116,7 +116,7 @@ def token_signals(
         scorer = get_scorer(name)
         inputs = ScorerInputs(
             response_mask=r.response_mask,
-            fields={"responses": r.responses, "old_log_probs": old},
+            fields={"responses": r.responses, "old_log_probs": old.log_probs},
             correct=correct,
             groups=groups,
             ktae_params=ktae_params,

@@ -31,56 +31,25 @@ The uniform counterfactual control gives weights exactly 1: its run is the GRPO 
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
-from verl.workers.config.actor import ActorConfig
+from verl.trainer.ppo.core_algos import agg_loss
 
 from verl_credit.config import CreditConfig
 from verl_credit.core.reward_buffer import select_balanced_groups
+from verl_credit.gym.compose import policy_loss
+from verl_credit.gym.defaults import LearnConfig
 from verl_credit.gym.length_reward import GymLengthReward
-from verl_credit.gym.model import load_policy, response_logprobs
+from verl_credit.gym.methods import PEERS
+from verl_credit.gym.model import load_policy, response_logprobs, response_stats
 from verl_credit.gym.rollout import Method, estimate, evaluate_stats, sample
 from verl_credit.gym.task import Problem, TaskConfig, make_problems
+from verl_credit.registry import get_estimator
 
 __all__ = ["LearnConfig", "train_stream", "train_one", "summarize"]
-
-
-@dataclass(frozen=True)
-class LearnConfig:
-    """Attributes:
-    steps: RL steps per run. prompts_per_step, group_size: B = their product. max_new_tokens: 48.
-    lr: AdamW learning rate (1e-4; 1e-3 and 3e-4 collapsed GRPO on this model). ppo_epochs (1),
-    mini_batches (2), clip_ratio (0.2). eval_every: steps between held-out evaluations (10);
-    eval_samples: samples per held-out problem (4). rho: reward-balanced share (0.25).
-    train_prompts: None (a fresh prompt every time) or the size of a fixed training set visited in
-    epochs (prompts recur; >= prompts_per_step).
-    """
-
-    steps: int = 60
-    prompts_per_step: int = 8
-    group_size: int = 8
-    max_new_tokens: int = 48
-    lr: float = 1e-4
-    ppo_epochs: int = 1
-    mini_batches: int = 2
-    clip_ratio: float = 0.2
-    eval_every: int = 10
-    eval_samples: int = 4
-    rho: float = 0.25
-    train_prompts: int | None = None
-
-    def __post_init__(self):
-        if self.train_prompts is not None and not (
-            isinstance(self.train_prompts, int) and self.train_prompts >= self.prompts_per_step
-        ):
-            raise ValueError(
-                f"--train-prompts must be an integer >= the prompts per step ({self.prompts_per_step}), "
-                f"got {self.train_prompts!r}"
-            )
 
 
 def train_stream(cfg: LearnConfig, per_step: int, seed: int, task_cfg: TaskConfig) -> list[Problem]:
@@ -114,21 +83,32 @@ def train_one(
 ):
     """One RL run from the warm start -> {"method", "seed", "curve": [(step, acc)], "final",
     "curve_length": [(step, mean length, mean length of correct)], "final_greedy",
-    "final_greedy_length", "seconds", "metrics"}."""
+    "final_greedy_length", "seconds", "metrics", "paired"}.
+
+    Paired seeds: the training prompts, the sampling seeds, the mini-batch order and the evaluation
+    seed depend on ``seed`` only, never on the method; ``paired`` holds SHA-1 digests of the run's
+    training prompts and of its first step's sampled responses (equal for every method at a seed,
+    ``+rb`` aside: it draws twice the prompts)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     model, tokenizer = load_policy(path)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    actor_cfg = ActorConfig(
-        strategy="fsdp",
-        ppo_mini_batch_size=max(1, cfg.prompts_per_step // cfg.mini_batches),
-        ppo_micro_batch_size_per_gpu=cfg.prompts_per_step * cfg.group_size,
-        rollout_n=cfg.group_size,
-        clip_ratio=cfg.clip_ratio,
+    loss_fn, actor_cfg = policy_loss(
+        method,
+        dict(
+            strategy="fsdp",
+            ppo_mini_batch_size=max(1, cfg.prompts_per_step // cfg.mini_batches),
+            ppo_micro_batch_size_per_gpu=cfg.prompts_per_step * cfg.group_size,
+            rollout_n=cfg.group_size,
+            clip_ratio=cfg.clip_ratio,
+        ),
     )
-    loss_fn = get_policy_loss_fn("vanilla")
+    ref_model = None  # the reference policy (the warm start), only for an estimator declaring ref_log_prob
+    if method.estimator not in PEERS and "ref_log_prob" in get_estimator(method.estimator).fields:
+        ref_model = load_policy(path)[0]
     per_step = cfg.prompts_per_step * (2 if method.reward_balanced else 1)
     stream = train_stream(cfg, per_step, seed, task_cfg)
+    paired = {"prompts": hashlib.sha1("".join(p.prompt for p in stream).encode()).hexdigest()}
     gen = torch.Generator().manual_seed(seed)
     length_reward = GymLengthReward(config, method.length_reward) if method.length_reward else None
     curve, curve_length = [], []
@@ -150,6 +130,8 @@ def train_one(
         r = sample(
             model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, seed=seed * 100_003 + step, labels=False
         )
+        if step == 0:
+            paired["first_rollouts"] = hashlib.sha1(r.responses.numpy().tobytes()).hexdigest()
         if method.reward_balanced:
             pos = r.rewards.view(per_step, cfg.group_size).sum(1).long().tolist()
             chosen, _, ok = select_balanced_groups(
@@ -160,13 +142,17 @@ def train_one(
             history["balanced/fraction"].append(float(ok))
         history["reward/mean"].append(float(r.rewards.mean()))
         history["response_length/mean"].append(float(r.response_mask.sum(1).double().mean()))
-        with torch.no_grad():
-            old = response_logprobs(model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
+        with torch.no_grad():  # the old-log-prob forward: log-probs, entropy and sum pi^2, as verl's
+            stats = response_stats(model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
+            old = stats.log_probs
+            ref = None
+            if ref_model is not None:
+                ref = response_logprobs(ref_model, r.prompt_ids, r.prompt_mask, r.responses, r.response_mask)
         if length_reward is not None:  # reward shaping before the estimator, as the trainer does
             r, _, lr_metrics = length_reward.apply(r, old, tokenizer, step + 1)
             for key, value in lr_metrics.items():
                 history.setdefault(key, []).append(value)
-        adv = estimate(method, r, model, tokenizer, config, step, old_log_probs=old).advantages.detach()
+        adv = estimate(method, r, model, tokenizer, config, step, stats=stats, ref_log_probs=ref).advantages.detach()
         mask = r.response_mask.float()
         for _ in range(cfg.ppo_epochs):
             for mb in _minibatches(r.uids, cfg.mini_batches, method.query_preserved, gen):
@@ -200,6 +186,7 @@ def train_one(
         "final_greedy_length": greedy.length,
         "seconds": time.perf_counter() - start,
         "metrics": metrics_out,
+        "paired": paired,
     }
 
 

@@ -6,6 +6,8 @@ Public API:
     load_policy(path) -> (model, tokenizer)  -- tokenizer padded on the left, for generation.
     encode_pairs(tokenizer, prompts, responses) -> (input_ids, attention_mask, loss_mask)  (N, L)
     response_logprobs(model, prompt_ids, prompt_mask, responses, response_mask) -> (B, T)
+    response_stats(model, prompt_ids, prompt_mask, responses, response_mask) -> OldStats
+                                             -- log-probs, entropy and sum of pi^2 from one forward.
 
 The warm start trains on imperfect demonstrations (``task.demonstration``: random fillers and side
 steps, ~error_rate wrong steps), response tokens only, then measures the greedy pass rate on
@@ -27,7 +29,15 @@ import torch
 from verl_credit.gym.task import TaskConfig, demonstration, make_problems
 from verl_credit.testing import build_tiny_qwen2, load_tiny
 
-__all__ = ["ModelConfig", "warm_start", "load_policy", "encode_pairs", "response_logprobs"]
+__all__ = [
+    "ModelConfig",
+    "OldStats",
+    "warm_start",
+    "load_policy",
+    "encode_pairs",
+    "response_logprobs",
+    "response_stats",
+]
 
 
 @dataclass(frozen=True)
@@ -82,13 +92,42 @@ def response_logprobs(model, prompt_ids, prompt_mask, responses, response_mask):
     right-padded -> (B, T) float32, 0 at masked positions. Position ids skip the left padding,
     as in ``generate``.
     """
+    logp = _response_log_softmax(model, prompt_ids, prompt_mask, responses, response_mask)
+    return logp.gather(2, responses.unsqueeze(2)).squeeze(2) * response_mask
+
+
+@dataclass(frozen=True)
+class OldStats:
+    """What verl's old-log-prob forward gives (all FloatTensor[B, T], 0 at padding): log_probs of the
+    sampled tokens, entropy H_t = -sum_v pi_v log pi_v (``actor.calculate_entropy``) and sum_pi_squared
+    = sum_v pi_v^2 (``actor.calculate_sum_pi_squared``, the optimal token baseline's input)."""
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor
+    sum_pi_squared: torch.Tensor
+
+
+def response_stats(model, prompt_ids, prompt_mask, responses, response_mask) -> OldStats:
+    """:class:`OldStats` of the responses from one forward over the full vocabulary (shapes as
+    :func:`response_logprobs`)."""
+    logp = _response_log_softmax(model, prompt_ids, prompt_mask, responses, response_mask)
+    p = logp.exp()
+    m = response_mask.float()
+    return OldStats(
+        log_probs=logp.gather(2, responses.unsqueeze(2)).squeeze(2) * m,
+        entropy=-(p * logp).sum(-1) * m,
+        sum_pi_squared=(p * p).sum(-1) * m,
+    )
+
+
+def _response_log_softmax(model, prompt_ids, prompt_mask, responses, response_mask):
+    """log pi(. | prompt, o_<t) at every response position: (B, T, V) float32."""
     ids = torch.cat([prompt_ids, responses], dim=1)
     attn = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
     position_ids = (attn.cumsum(1) - 1).clamp_min(0)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits.float()
     P = prompt_ids.shape[1]
-    logp = torch.log_softmax(logits[:, P - 1 : -1], dim=-1)
-    return logp.gather(2, responses.unsqueeze(2)).squeeze(2) * response_mask
+    return torch.log_softmax(logits[:, P - 1 : -1], dim=-1)
 
 
 def warm_start(out_dir, task_cfg: TaskConfig, model_cfg: ModelConfig, seed: int = 0, log=print, eval_n: int = 128):

@@ -52,6 +52,61 @@ def _curve_tables(learn: list[dict]) -> list[str]:
     return lines
 
 
+def _ci(d: dict | None, sign: bool = True) -> str:
+    """``+0.012 [-0.003, +0.027]`` of {"mean", "ci"}; "-" for None; no brackets without an interval."""
+    if d is None:
+        return "-"
+    f = "+.3f" if sign else ".3f"
+    mean, (low, high) = d["mean"] if "mean" in d else d["value"], d["ci"]
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if low is None or math.isnan(low):
+        return f"{mean:{f}}"
+    return f"{mean:{f}} [{low:{f}}, {high:{f}}]"
+
+
+def _endpoint_table(result: dict) -> list[str]:
+    """method | seeds | final pass@1 | AUC | paired final diff vs grpo | AUC diff | credit efficiency | s/run."""
+    learn = result["learning"]
+    if "auc" not in learn[0]:
+        return []
+    lines = [
+        "",
+        "### Endpoints (paired by seed; 95% t-interval over seeds; credit efficiency = (method - grpo) / "
+        "(oracle - grpo) on AUC, paired bootstrap over seeds)",
+        "",
+        "| method | seeds | final pass@1 | AUC | final diff vs grpo [CI] | AUC diff vs grpo [CI] |"
+        " credit efficiency [CI] | s / run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in learn:
+        vs = row.get("vs_grpo") or {}
+        lines.append(
+            f"| {row['method']} | {row['seeds']} | {_ci(row['final'], False)} | {_ci(row['auc'], False)} |"
+            f" {_ci(vs.get('final'))} | {_ci(vs.get('auc'))} | {_ci(row.get('credit_efficiency'))} |"
+            f" {row['seconds_per_run']:.1f} |"
+        )
+    if not any(row["method"] == "grpo" for row in learn):
+        lines += ["", "No `grpo` in the run: no paired differences (add grpo to --estimators)."]
+    from verl_credit.gym.endpoints import validity_line
+
+    validity = result.get("validity")
+    if validity:
+        lines += ["", validity_line(validity)]
+    noise = result.get("noise")
+    if noise:
+        verdict = "below" if noise["ok"] else "NOT below"
+        if math.isnan(noise["seed_sd_auc"]):
+            verdict = "no seed spread with one seed: cannot compare with"
+        lines += [
+            "",
+            f"Evaluation noise: binomial SE of one evaluation point {_fmt(noise['eval_se'], 4)}"
+            f" ({noise['held_out']} problems x {noise['eval_samples']} samples) vs SD over seeds of grpo's AUC"
+            f" {_fmt(noise['seed_sd_auc'], 4)}: {verdict} a quarter of the seed spread.",
+        ]
+    return lines
+
+
 def markdown(result: dict) -> str:
     """Both tables and the run's settings as markdown."""
     ws = result["warm_start"]
@@ -90,6 +145,7 @@ def markdown(result: dict) -> str:
                 f" {row['seeds_reaching_target']}/{row['seeds']} | {_fmt(row['reward_mean'])} |"
                 f" {row['seconds_per_run']:.1f} |"
             )
+        lines += _endpoint_table(result)
         lines += _curve_tables(learn)
     lines += ["", f"Settings: `{json.dumps(result['settings'])}`", f"Total time: {result['seconds']:.0f} s", ""]
     return "\n".join(lines)
@@ -125,7 +181,23 @@ def write_report(out_dir, result: dict) -> list[Path]:
     if result.get("learning"):
         path = out / "learning_curves.png"
         fig, (ax, ax_len) = plt.subplots(1, 2, figsize=(12, 4.5))
+        bounds = {row["method"]: row for row in result["learning"] if row["method"] in ("oracle", "anti_oracle")}
+        if len(bounds) == 2 and bounds["oracle"]["curve_steps"] == bounds["anti_oracle"]["curve_steps"]:
+            ax.fill_between(
+                bounds["oracle"]["curve_steps"],
+                bounds["anti_oracle"]["curve_mean"],
+                bounds["oracle"]["curve_mean"],
+                color="0.85",
+                alpha=0.5,
+                label="ground-truth band",
+            )
         for row in result["learning"]:
+            if row["method"] in bounds:  # the bounds: black dashed (oracle) and grey dotted (anti_oracle)
+                style = {"color": "k", "ls": "--"} if row["method"] == "oracle" else {"color": "0.4", "ls": ":"}
+                ax.plot(row["curve_steps"], row["curve_mean"], lw=2, label=row["method"], **style)
+                if "curve_length_mean" in row:
+                    ax_len.plot(row["curve_steps"], row["curve_length_mean"], lw=2, label=row["method"], **style)
+                continue
             (line,) = ax.plot(row["curve_steps"], row["curve_mean"], marker="o", ms=3, label=row["method"])
             if row["seeds"] > 1:
                 ax.fill_between(

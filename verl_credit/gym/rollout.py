@@ -1,16 +1,15 @@
 """Sampling, grading and credit for the gym, calling the estimators as the verl integration does.
 
 Public API:
-    Method                      -- one gym entry: estimator name, counterfactual mode, batching options.
-    parse_method(text)          -- "ktae", "counterfactual:random", "grpo+qp", "grpo+rb", "grpo+lr",
-                                   "grpo+lr:group", "my_estimator".
+    Method, parse_method        -- the method grammar (``gym.methods``), re-exported.
     Rollouts                    -- a sampled batch (B = prompts x G rows) with labels and rewards.
     sample(model, tokenizer, problems, G, max_new_tokens, seed) -> Rollouts
     evaluate(model, tokenizer, problems, max_new_tokens) -> greedy accuracy
     evaluate_sampled(model, tokenizer, problems, k, max_new_tokens, seed) -> pass@1 at temperature 1
     evaluate_stats(model, tokenizer, problems, k, max_new_tokens, seed) -> EvalStats (accuracy and
                                    mean response lengths; k=None: greedy)
-    estimate(method, rollouts, model, tokenizer, config, step) -> CreditOutput
+    estimate(method, rollouts, model, tokenizer, config, step, old_log_probs, stats, ref_log_probs) -> CreditOutput
+    credit_batch(r, fields, old_log_probs) -> CreditBatch
 
 ``estimate`` follows ``integration/tq_batch.compute_plugin_advantage`` and
 ``integration/scoring_stage.run_scoring_stage`` without TransferQueue or Ray: the same
@@ -19,7 +18,11 @@ Public API:
 through ``scoring.score_spans`` / ``scoring.score_reference`` with ``scoring.hf_scorer`` (rows of
 groups whose outcome advantages are not all zero for the counterfactual product, every rollout of a
 group of two or more for the reference product), then ``weighting.apply_counterfactual_weights``.
-GRPO is ``estimators.GRPO_SPEC`` (verl's own numbers).
+GRPO is ``estimators.GRPO_SPEC`` (verl's own numbers). ``oracle`` / ``anti_oracle`` are gym methods,
+not estimators: GRPO's z times ground-truth token weights read off the task's labels (``gym.oracle``).
+``rloo`` / ``optimal_token_baseline`` are verl's own estimators; the entropy filter and ``+m1`` follow
+any estimator (``gym.compose``). An estimator gets the fields it declares as the trainer passes them
+(``compose.trainer_fields``: prompts, rollout_log_probs, ref_log_prob; old_log_probs on the batch).
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import torch
 from verl_credit.batch import CreditBatch, CreditOutput, EstimatorContext, special_token_ids
 from verl_credit.config import CreditConfig
 from verl_credit.core.groups import contrast_rows, multi_rollout_rows
-from verl_credit.core.length_reward import ANCHORS
 from verl_credit.estimators import GRPO_SPEC, REFERENCE_FIELDS
+from verl_credit.gym.compose import apply_entropy_filter, apply_mean1, trainer_fields, verl_advantages
+from verl_credit.gym.methods import VERL_ESTIMATORS, Method, parse_method
+from verl_credit.gym.model import OldStats, response_stats
+from verl_credit.gym.oracle import oracle_advantages
 from verl_credit.gym.task import Problem, grade, token_labels
 from verl_credit.registry import compute_advantages, get_estimator
 from verl_credit.scoring import hf_scorer, reference_answer, score_reference, score_spans
@@ -50,59 +56,6 @@ __all__ = [
     "evaluate_stats",
     "estimate",
 ]
-
-BATCHING = ("qp", "rb")
-LENGTH_REWARD = "lr"
-OPTIONS = (*BATCHING, LENGTH_REWARD, *(f"{LENGTH_REWARD}:{a}" for a in ANCHORS))
-
-
-@dataclass(frozen=True)
-class Method:
-    """label: as written by the user; estimator: registry name or "grpo"; cf_mode: the
-    counterfactual mode (None unless estimator == "counterfactual"); query_preserved /
-    reward_balanced: the batching options; length_reward: the length reward's anchor
-    (``credit.length_reward.anchor``: "first_seen" or "group"), None without ``+lr`` (learning only)."""
-
-    label: str
-    estimator: str
-    cf_mode: str | None = None
-    query_preserved: bool = False
-    reward_balanced: bool = False
-    length_reward: str | None = None
-
-
-def parse_method(text: str) -> Method:
-    """``name[:mode][+qp][+rb][+lr[:anchor]]``; ``name`` is "grpo" or a registered estimator
-    (KeyError listing them otherwise); ``mode`` only for counterfactual
-    (counterfactual|uniform|random|inverted); ``+lr`` shapes the reward with the length reward
-    (Bingo), ``anchor`` = ``credit.length_reward.anchor`` (first_seen|group; default: the config's,
-    first_seen). ValueError naming the option otherwise; each option at most once."""
-    head, *flags = text.split("+")
-    known = ", ".join(OPTIONS)
-    seen = set()
-    anchor = None
-    for flag in flags:
-        option, colon, value = flag.partition(":")
-        if option not in (*BATCHING, LENGTH_REWARD) or (colon and option != LENGTH_REWARD):
-            raise ValueError(f"gym --estimators {text!r}: unknown method option {flag!r}; known: {known}")
-        if option in seen:
-            raise ValueError(f"gym --estimators {text!r}: option '+{option}' given twice")
-        seen.add(option)
-        if option == LENGTH_REWARD:
-            default = CreditConfig().length_reward
-            try:  # the config validates the anchor and names the option
-                anchor = dataclasses.replace(default, anchor=value).anchor if colon else default.anchor
-            except ValueError as err:
-                raise ValueError(f"gym --estimators {text!r}: {err}") from None
-    name, _, mode = head.partition(":")
-    if name != "grpo":
-        get_estimator(name)
-    if mode and name != "counterfactual":
-        raise ValueError(f"gym --estimators {text!r}: a ':mode' suffix is only for counterfactual")
-    if name == "counterfactual":
-        mode = mode or "counterfactual"
-        CreditConfig().counterfactual.__class__(mode=mode)  # validates the mode
-    return Method(text, name, mode or None, "qp" in seen, "rb" in seen, anchor)
 
 
 @dataclass
@@ -253,16 +206,57 @@ def context(tokenizer, config: CreditConfig, step: int = 0) -> EstimatorContext:
 
 
 def estimate(
-    method: Method, r: Rollouts, model, tokenizer, config: CreditConfig, step: int = 0, old_log_probs=None
+    method: Method,
+    r: Rollouts,
+    model,
+    tokenizer,
+    config: CreditConfig,
+    step: int = 0,
+    old_log_probs=None,
+    stats: OldStats | None = None,
+    ref_log_probs=None,
 ) -> CreditOutput:
-    """Advantages (B, T) of ``method`` on ``r``, stage products computed with ``model`` (no grad)."""
+    """Advantages (B, T) of ``method`` on ``r``, stage products computed with ``model`` (no grad).
+
+    old_log_probs (B, T), or ``stats`` (``model.OldStats``: log-probs, entropy, sum pi^2 of the old
+    forward; computed here with ``model`` when the method needs them and none are given);
+    ref_log_probs (B, T): the reference policy's, for an estimator declaring ``ref_log_prob``.
+    Order: the estimator (with counterfactual weights), the entropy filter, the mean-1 rescaling.
+    """
+    mask = r.response_mask
+    needs_stats = method.entropy_quantile is not None or method.estimator == "optimal_token_baseline"
+    if stats is None and needs_stats:
+        with torch.no_grad():
+            stats = response_stats(model, r.prompt_ids, r.prompt_mask, r.responses, mask)
+    if stats is not None and old_log_probs is None:
+        old_log_probs = stats.log_probs
+    out = _base_estimate(method, r, model, tokenizer, config, step, old_log_probs, stats, ref_log_probs)
+    if method.entropy_quantile is not None:
+        out = apply_entropy_filter(out, stats.entropy, mask, method.entropy_quantile, method.entropy_denominator)
+    if method.mean1:
+        out = apply_mean1(out, mask, method.label)
+    return out
+
+
+def _base_estimate(method, r, model, tokenizer, config, step, old_log_probs, stats, ref_log_probs) -> CreditOutput:
+    """The method's estimator alone (no filter, no rescaling)."""
     cf = None
     if method.estimator == "counterfactual":  # the method's mode is the run's, as in a trainer config
         cf = dataclasses.replace(config.counterfactual, mode=method.cf_mode)
         config = dataclasses.replace(config, counterfactual=cf)
     ctx = context(tokenizer, config, step)
+    if method.oracle is not None:
+        z = compute_advantages(GRPO_SPEC, credit_batch(r, old_log_probs=old_log_probs), ctx).advantages
+        adv, w = oracle_advantages(
+            method.oracle, method.estimator == "anti_oracle", r, tokenizer, z, config.correct_threshold
+        )
+        return CreditOutput(advantages=adv, token_weights=w)
+    if method.estimator in VERL_ESTIMATORS:
+        pi2 = stats.sum_pi_squared if stats is not None else None
+        return verl_advantages(method.estimator, credit_batch(r), old_log_probs, pi2)
     spec = GRPO_SPEC if method.estimator == "grpo" else get_estimator(method.estimator)
-    batch = credit_batch(r, old_log_probs=old_log_probs)
+    fields = trainer_fields(spec.fields, r, old_log_probs, ref_log_probs)
+    batch = credit_batch(r, fields=fields, old_log_probs=old_log_probs)
     B = r.responses.shape[0]
     prompts = [r.valid("prompt", i) for i in range(B)]
     responses = [r.valid("response", i) for i in range(B)]

@@ -202,7 +202,7 @@ def check_estimator_name(config) -> None:
 
 
 def check_plugin_loading(config) -> None:
-    """The doctor's check (``verl_credit.cli._diagnose``), for the processes Ray will start.
+    """The doctor's check (``verl_credit.diagnose.diagnose``), for the processes Ray will start.
 
     A fresh process loads verl_credit only through verl's entry point, so what decides it is
     visible from here: the installed verl version, the ``verl.plugins`` entry point, and
@@ -213,7 +213,7 @@ def check_plugin_loading(config) -> None:
     import verl
     from omegaconf import OmegaConf
 
-    from verl_credit.cli import _diagnose
+    from verl_credit.diagnose import diagnose
 
     policy = os.environ.get(PLUGINS_ENV)
     env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars")
@@ -225,7 +225,7 @@ def check_plugin_loading(config) -> None:
         "entry_points": sorted(f"{ep.name} = {ep.value}" for ep in entry_points(group="verl.plugins")),
         "plugins_policy": policy,
     }
-    problems = _diagnose(report)
+    problems = diagnose(report)
     if problems:
         raise RuntimeError(
             "verl would not load verl_credit in its TaskRunner and Ray workers (`verl-credit doctor` says more): "

@@ -1,0 +1,106 @@
+"""The gym's endpoints on hand-made runs: AUC as a mean accuracy, paired differences with t-intervals,
+credit efficiency with its bootstrap interval, the validity check and the noise comparison."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from verl_credit.gym.endpoints import endpoints, paired, run_auc, t_interval, validity_line
+
+
+def _run(method, seed, accs, steps=(0, 10, 20)):
+    return {"method": method, "seed": seed, "curve": list(zip(steps, accs, strict=True)), "final": accs[-1]}
+
+
+def test_auc_is_the_trapezoid_mean_accuracy():
+    assert run_auc([(0, 0.2), (10, 0.4), (20, 0.4)]) == pytest.approx((3.0 + 4.0) / 20)
+    assert run_auc([(0, 0.3), (5, 0.3), (20, 0.3)]) == pytest.approx(0.3)  # uneven steps, flat curve
+    assert run_auc([(0, 0.25)]) == 0.25
+
+
+def test_paired_differences_and_t_interval():
+    rng = np.random.default_rng(0)
+    runs = []
+    for s in range(5):
+        base = rng.uniform(0.2, 0.4, 3)
+        runs += [_run("grpo", s, base), _run("m", s, base + 0.02 + rng.normal(0, 0.01, 3))]
+    d = paired(runs, "m", "grpo", "auc")
+    per = [run_auc(r["curve"]) for r in runs if r["method"] == "m"]
+    per_g = [run_auc(r["curve"]) for r in runs if r["method"] == "grpo"]
+    diffs = np.subtract(per, per_g)
+    half = stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / math.sqrt(5)
+    assert d["mean"] == pytest.approx(diffs.mean())
+    assert d["ci"] == pytest.approx([diffs.mean() - half, diffs.mean() + half])
+    assert list(d["per_seed"]) == ["0", "1", "2", "3", "4"]
+    final = paired(runs, "m", "grpo", "final")
+    assert final["mean"] == pytest.approx(
+        np.mean([r["final"] for r in runs if r["method"] == "m"])
+        - np.mean([r["final"] for r in runs if r["method"] == "grpo"])
+    )
+    mean, low, high = t_interval([0.1])
+    assert mean == 0.1 and math.isnan(low) and math.isnan(high)
+
+
+def test_only_shared_seeds_are_paired():
+    runs = [_run("grpo", 0, [0.1, 0.2, 0.3]), _run("m", 1, [0.1, 0.2, 0.3])]
+    assert paired(runs, "m") is None
+
+
+def _bounds_runs(gap_oracle, gap_anti, seeds=4, noise=0.005):
+    rng = np.random.default_rng(1)
+    runs = []
+    for s in range(seeds):
+        base = rng.uniform(0.3, 0.4, 3)
+        runs += [_run("grpo", s, base)]
+        runs += [_run("oracle", s, base + gap_oracle + rng.normal(0, noise, 3))]
+        runs += [_run("anti_oracle", s, base - gap_anti + rng.normal(0, noise, 3))]
+        runs += [_run("half", s, base + gap_oracle / 2 + rng.normal(0, noise, 3))]
+    return runs
+
+
+def test_validity_passes_with_headroom_and_fails_without():
+    ok = endpoints(_bounds_runs(0.05, 0.2), held_out=128, eval_samples=4)
+    v = ok["validity"]
+    assert v["passed"] and v["oracle_vs_grpo"]["passed"] and v["grpo_vs_anti_oracle"]["passed"]
+    assert v["oracle_vs_grpo"]["mean"] == pytest.approx(0.05, abs=0.01)
+    assert validity_line(v).startswith("validity check: PASSED; oracle - grpo AUC +0.05")
+    small = endpoints(_bounds_runs(0.015, 0.2), held_out=128, eval_samples=4)["validity"]
+    assert small["oracle_vs_grpo"]["ci"][0] > 0 and not small["oracle_vs_grpo"]["passed"]  # below +0.03
+    assert not small["passed"] and "FAILED" in validity_line(small)
+    one = endpoints(_bounds_runs(0.05, 0.2, seeds=1), held_out=128, eval_samples=4)["validity"]
+    assert not one["passed"] and "no CI (one seed)" in validity_line(one)
+
+
+def test_credit_efficiency_and_vs_grpo_rows():
+    ends = endpoints(_bounds_runs(0.06, 0.2), held_out=128, eval_samples=4)
+    half = ends["methods"]["half"]
+    assert half["credit_efficiency"]["value"] == pytest.approx(0.5, abs=0.1)
+    low, high = half["credit_efficiency"]["ci"]
+    assert low < half["credit_efficiency"]["value"] < high
+    assert ends["methods"]["oracle"]["credit_efficiency"]["value"] == pytest.approx(1.0)
+    assert ends["methods"]["grpo"]["vs_grpo"]["auc"]["mean"] == 0.0
+    assert set(half["vs_grpo"]) == {"final", "auc"} and set(half["auc"]) == {"mean", "ci", "per_seed"}
+
+
+def test_missing_methods_are_said():
+    runs = [r for r in _bounds_runs(0.05, 0.2) if r["method"] != "grpo"]
+    ends = endpoints(runs, held_out=128, eval_samples=4)
+    assert ends["methods"]["oracle"]["vs_grpo"] is None and ends["noise"] is None
+    assert validity_line(ends["validity"]).startswith("validity check: not run")
+    runs = [r for r in _bounds_runs(0.05, 0.2) if r["method"] in ("grpo", "half")]
+    ends = endpoints(runs, held_out=128, eval_samples=4)
+    assert ends["methods"]["half"]["credit_efficiency"] is None
+
+
+def test_noise_compares_the_point_se_with_the_seed_spread():
+    runs = _bounds_runs(0.05, 0.2)
+    ends = endpoints(runs, held_out=128, eval_samples=4)
+    p = ends["methods"]["grpo"]["auc"]["mean"]
+    assert ends["noise"]["eval_se"] == pytest.approx(math.sqrt(p * (1 - p) / 512))
+    aucs = [run_auc(r["curve"]) for r in runs if r["method"] == "grpo"]
+    assert ends["noise"]["seed_sd_auc"] == pytest.approx(np.std(aucs, ddof=1))
+    assert ends["noise"]["ok"] == (ends["noise"]["eval_se"] < ends["noise"]["seed_sd_auc"] / 4)
+    big = endpoints(runs, held_out=100_000, eval_samples=64)["noise"]
+    assert big["ok"]
