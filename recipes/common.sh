@@ -9,6 +9,8 @@
 #   gsm8k 1gpu  Qwen3-1.7B, 64 prompts x n 8, mini-batch 16, response 1024
 # ALGO: grpo, or dapo = clip-higher (0.28), dynamic sampling (algorithm.filter_groups on "acc"),
 #   overlong reward shaping (reward manager "dapo"), token-mean loss; no KL in both.
+# ENTROPY_QUANTILE=0.2: the high-entropy ("80/20") token filter over whatever the recipe computes
+#   (credit.token_filter, docs/token_filter.md); empty (default) = off. TOKEN_FILTER_DENOMINATOR: all | kept.
 # DRY_RUN=1: compose, resolve and validate the config (verl_credit.main_ppo's dry run); launch nothing.
 
 # ---- preset
@@ -57,9 +59,13 @@ CLIP_LOW=${CLIP_LOW:-0.2}
 OVERLONG_LEN=${OVERLONG_LEN:-512}             # DAPO: the last OVERLONG_LEN tokens before the limit cost reward
 OVERLONG_PENALTY=${OVERLONG_PENALTY:-1.0}
 
+# ---- high-entropy token filter (off unless ENTROPY_QUANTILE is set)
+ENTROPY_QUANTILE=${ENTROPY_QUANTILE:-}
+TOKEN_FILTER_DENOMINATOR=${TOKEN_FILTER_DENOMINATOR:-all}
+
 # ---- logging, checkpoints, launcher
 PROJECT=${PROJECT:-verl_credit}
-EXP_NAME=${EXP_NAME:-${RECIPE:-run}-$ALGO-$DATASET-$SIZE}
+EXP_NAME=${EXP_NAME:-${RECIPE:-run}-$ALGO-$DATASET-$SIZE${ENTROPY_QUANTILE:+-entropy$ENTROPY_QUANTILE}}
 LOGGER=${LOGGER:-'["console"]'}               # e.g. '["console","wandb"]'
 SAVE_FREQ=${SAVE_FREQ:-50}
 TEST_FREQ=${TEST_FREQ:-10}
@@ -112,3 +118,9 @@ COMMON_OVERRIDES=(
     trainer.test_freq="$TEST_FREQ"
     trainer.total_epochs="$EPOCHS"
 )
+if [ -n "$ENTROPY_QUANTILE" ]; then
+    COMMON_OVERRIDES+=(
+        credit.token_filter.entropy_quantile="$ENTROPY_QUANTILE"
+        credit.token_filter.denominator="$TOKEN_FILTER_DENOMINATOR"
+    )
+fi

@@ -33,12 +33,14 @@ VARIANTS = [
     ("baselines/run_baseline.sh", {"ALGO": "dapo"}),
     ("baselines/run_baseline.sh", {"DATASET": "gsm8k", "SIZE": "1gpu"}),
     ("baselines/run_baseline.sh", {"ALGO": "dapo", "DATASET": "gsm8k", "NORM_BY_STD": "false"}),
+    ("baselines/run_baseline.sh", {"ALGO": "dapo", "ENTROPY_QUANTILE": "0.2"}),  # the "entropy" variant (80/20)
     ("ktae/run_ktae.sh", {}),
     ("ktae/run_ktae.sh", {"ALGO": "dapo", "SIZE": "1gpu"}),
     ("counterfactual/run_counterfactual.sh", {}),
     ("counterfactual/run_counterfactual.sh", {"CF_MODE": "uniform", "SIZE": "1gpu"}),
     ("counterfactual/run_counterfactual.sh", {"CF_MODE": "random"}),
     ("counterfactual/run_counterfactual.sh", {"CF_MODE": "inverted", "ALGO": "grpo"}),
+    ("counterfactual/run_counterfactual.sh", {"ENTROPY_QUANTILE": "0.2"}),  # weights, then the entropy filter
     ("variance_weighted/run_variance_weighted.sh", {}),
     ("variance_weighted/run_variance_weighted.sh", {"VW_WEIGHTING": "top_fraction", "DATASET": "math"}),
     ("batching/run_batching.sh", {}),
@@ -125,6 +127,12 @@ def test_recipe_composes_and_validates(recorded, k):
         assert credit.batching.reward_balanced.enabled == (extra.get("REWARD_BALANCED", "true") == "true")
     if script.startswith("combined"):
         assert credit.token_weighting == "counterfactual" and credit.batching.reward_balanced.enabled
+    assert credit.token_filter.entropy_quantile == (
+        float(extra["ENTROPY_QUANTILE"]) if "ENTROPY_QUANTILE" in extra else None
+    )
+    if "ENTROPY_QUANTILE" in extra:
+        assert credit.token_filter.denominator == "all"
+        assert resolved["trainer"]["experiment_name"].endswith(f"-entropy{extra['ENTROPY_QUANTILE']}")
     algo = extra.get("ALGO", "dapo" if script.startswith("counterfactual") else "grpo")
     actor = resolved["actor_rollout_ref"]["actor"]
     assert actor["clip_ratio_high"] == (0.28 if algo == "dapo" else 0.2)

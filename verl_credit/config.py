@@ -10,6 +10,7 @@ or a value of the wrong type fails at composition with the full key named. Range
       epsilon: 1.0e-6            # added to the group std in the outcome advantage (verl's value)
       ktae: {...}                # KTAE options, see verl_credit.core.ktae.KTAEParams
       length_reward: {...}       # Bingo length reward, see verl_credit.core.length_reward.LengthRewardConfig
+      token_filter: {...}        # high-entropy token filter, see verl_credit.core.token_filter.TokenFilterConfig
       estimator_kwargs: {}       # free-form options handed to user-registered estimators
       import_modules: []         # modules imported before the run (they register estimators)
 
@@ -31,10 +32,11 @@ from verl_credit.core.batching import BatchingConfig, DiagnosticsConfig
 from verl_credit.core.checks import is_number
 from verl_credit.core.ktae import KTAEParams
 from verl_credit.core.length_reward import LengthRewardConfig
+from verl_credit.core.token_filter import TokenFilterConfig
 from verl_credit.core.variance import VarianceParams
 from verl_credit.scoring import CounterfactualConfig
 
-__all__ = ["CreditConfig", "KTAEParams", "LengthRewardConfig", "schema_key_problem"]
+__all__ = ["CreditConfig", "KTAEParams", "LengthRewardConfig", "TokenFilterConfig", "schema_key_problem"]
 
 
 @dataclass
@@ -57,6 +59,10 @@ class CreditConfig:
             (``verl_credit.core.batching.BatchingConfig``); both off by default.
         diagnostics: optional diagnostics, e.g. token flipping
             (``verl_credit.core.batching.DiagnosticsConfig``); off by default.
+        token_filter: the high-entropy ("80/20") token filter after any estimator
+            (``verl_credit.core.token_filter.TokenFilterConfig``): ``entropy_quantile`` (off by
+            default; 0.2 is the paper's) and ``denominator`` ("all", TRL's aggregation, the default;
+            or "kept"). See docs/token_filter.md.
         variance: the variance-weighted reward (``verl_credit.core.variance.VarianceParams``).
         estimator_kwargs: options for estimators registered by users, passed unchanged in
             ``EstimatorContext.config.estimator_kwargs``. Default {}.
@@ -74,6 +80,7 @@ class CreditConfig:
     length_reward: LengthRewardConfig = field(default_factory=LengthRewardConfig)
     token_weighting: str = "none"
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    token_filter: TokenFilterConfig = field(default_factory=TokenFilterConfig)
     variance: VarianceParams = field(default_factory=VarianceParams)
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     import_modules: list[str] = field(default_factory=list)

@@ -9,7 +9,10 @@ reference implementations on the same rows:
       version of the estimator on the dumped rows (responses, masks, rewards, stage outputs);
     - at step 1 (the weights on disk) the stage's span scores and reference log-probs, computed by
       verl's FSDP engine in the workers, equal a plain transformers forward (``scoring.hf_scorer``);
-    - ``actor/grad_norm > 0`` (groups are mixed by the smoke reward) and the ``credit/`` metrics.
+    - ``actor/grad_norm > 0`` (groups are mixed by the smoke reward) and the ``credit/`` metrics;
+    - with the high-entropy token filter (``credit.token_filter``) and verl's ``clip_cov`` / ``kl_cov``
+      losses: the filtered advantages equal the filter applied to the reference, with one threshold
+      over every real row of the step (dp 2 included), and the kept fraction is within 0.02 of 0.2.
 
 The runs take about a minute each on two cores, most of it start-up.
 """
@@ -28,6 +31,7 @@ from verl_credit.batch import special_token_ids
 from verl_credit.core.counterfactual import span_importance, token_weights_loop
 from verl_credit.core.groups import group_outcome_advantage_loop
 from verl_credit.core.ktae import KTAEParams, ktae_advantages_loop
+from verl_credit.core.token_filter import filter_advantages, high_entropy_mask_loop
 from verl_credit.core.variance import VarianceParams, r3_rewards_loop
 from verl_credit.cpu.smoke import COMBINED_FEATURES, build_workspace, run, smoke_overrides
 from verl_credit.scoring import (
@@ -319,6 +323,107 @@ def test_combined_features_real_steps(ws, tmp_path, tiny):
     # dp 1, tree scoring, every group requested (the length reward), rows without an answer among
     # them: step 1 (the weights on disk) equals one plain forward per variant
     assert _check_stage_scores_of_step(ws, dumps[0], tiny, CounterfactualConfig()) > 0
+
+
+# ----------------------------------------------------------------------------- the token filter with
+# verl's covariance losses: three runs cover clip_cov x {grpo, counterfactual} and kl_cov x {ktae with
+# counterfactual weights}, each under the entropy filter; one with loss_agg_mode=seq-mean-token-mean, one at dp 2
+FILTER_Q = 0.2
+
+
+def _check_filtered(result, dumps, unfiltered_fn, quantile=FILTER_Q):
+    """Each step's advantages equal the filter (threshold over the real rows of the whole step
+    batch, from the dumped ``entropy``) applied to the estimator's reference advantages; the
+    metrics are the filter's; the kept fraction is within 0.02 of the quantile. Returns the metrics."""
+    seen = []
+    for record, d in zip(result.steps, dumps, strict=True):
+        keep_rows, *_ = _real(d)
+        unfiltered, mask = unfiltered_fn(d)
+        entropy = d["entropy"][keep_rows].float()
+        keep, tau = high_entropy_mask_loop(entropy, mask, quantile)
+        expected = filter_advantages(unfiltered.double(), keep, mask, "all")
+        torch.testing.assert_close(d["advantages"][keep_rows].double(), expected, rtol=1e-5, atol=1e-5)
+        _check_padding_rows(d)
+        kept = record["credit/token_filter/kept_fraction"]
+        assert kept == pytest.approx(int(keep.sum()) / int(mask.sum())) and abs(kept - quantile) <= 0.02, kept
+        assert record["credit/token_filter/entropy_threshold"] == pytest.approx(float(tau), rel=1e-5)
+        valid = mask.bool()
+        mass = float(unfiltered.abs()[keep].sum() / unfiltered.abs()[valid].sum())
+        assert record["credit/token_filter/advantage_mass_kept"] == pytest.approx(mass, rel=1e-4)
+        assert record["credit/token_filter/entropy_kept/mean"] > record["credit/token_filter/entropy_dropped/mean"]
+        assert torch.isfinite(torch.tensor(record["actor/pg_loss"]))
+        seen.append(
+            {k.split("/", 2)[2]: round(v, 4) for k, v in record.items() if k.startswith("credit/token_filter/")}
+        )
+    print("token filter metrics per step:", seen)
+    return seen
+
+
+def _grpo_unfiltered(d):
+    _, _, mask, scores, uids = _real(d)
+    return group_outcome_advantage_loop(scores, uids)[:, None] * mask, mask
+
+
+def test_filter_over_grpo_with_clip_cov_and_seq_mean_token_mean(ws, tmp_path):
+    result, dumps = _run(
+        ws,
+        tmp_path,
+        "grpo",
+        f"credit.token_filter.entropy_quantile={FILTER_Q}",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=clip_cov",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+    )
+    _common_checks(result, "credit/token_filter/", dumps)
+    _check_filtered(result, dumps, _grpo_unfiltered)
+
+
+def test_filter_over_counterfactual_with_clip_cov(ws, tmp_path):
+    result, dumps = _run(
+        ws,
+        tmp_path,
+        "counterfactual",
+        "credit.counterfactual.answer_source=gold",  # every scored rollout has an answer: weights != 1
+        f"credit.token_filter.entropy_quantile={FILTER_Q}",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=clip_cov",
+    )
+    _common_checks(result, "credit/counterfactual/", dumps)
+    config = CounterfactualConfig(answer_source="gold")
+
+    def unfiltered(d):
+        _, expected, _, mask = _counterfactual_expected(d, config)
+        return expected, mask
+
+    _check_filtered(result, dumps, unfiltered)
+    weights = [_counterfactual_expected(d, config)[2:] for d in dumps]
+    assert any((w[m.bool()] != 1).any() for w, m in weights), "no token was weighted"
+
+
+def test_filter_over_ktae_with_counterfactual_weights_and_kl_cov_dp2(ws, tmp_path, tiny):
+    # dp 2: the driver filters the whole step batch before it is cut into the two ranks' shards, so
+    # the reference threshold over every real row of the dump must match what both ranks trained on
+    result, dumps = _run(
+        ws,
+        tmp_path,
+        "ktae",
+        "credit.token_weighting=counterfactual",
+        "credit.counterfactual.answer_source=gold",
+        f"credit.token_filter.entropy_quantile={FILTER_Q}",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=kl_cov",
+        dp=2,
+    )
+    _common_checks(result, "credit/ktae/", dumps)
+    params = KTAEParams().with_special_ids(special_token_ids(tiny[1]))
+    config = CounterfactualConfig(answer_source="gold")
+
+    def unfiltered(d):
+        _, responses, mask, scores, uids = _real(d)
+        ktae, _ = ktae_advantages_loop(responses, mask, scores, uids, params)
+        _, _, w, _ = _counterfactual_expected(d, config)
+        return ktae.double() * w.double(), mask
+
+    _check_filtered(result, dumps, unfiltered)
+    weights = [_counterfactual_expected(d, config)[2:] for d in dumps]
+    assert any((w[m.bool()] != 1).any() for w, m in weights), "no token was weighted"
 
 
 USER_MODULE = '''

@@ -2,6 +2,7 @@
 tokens whose entropy under the sampling policy is in the top ``quantile`` of the step's valid tokens.
 
 Public API:
+    TokenFilterConfig                              -- the ``credit.token_filter`` block (off by default).
     DENOMINATORS                                   -- ("all", "kept"): the token-mean denominator after filtering.
     entropy_threshold(entropy, mask, quantile)     -- (B, T), (B, T) -> scalar tau.
     high_entropy_mask(entropy, mask, quantile)     -- (B, T) -> (BoolTensor[B, T] keep, tau).
@@ -35,10 +36,12 @@ Loss denominator after filtering (``denominator``):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "TokenFilterConfig",
     "DENOMINATORS",
     "entropy_threshold",
     "high_entropy_mask",
@@ -48,6 +51,46 @@ __all__ = [
 ]
 
 DENOMINATORS = ("all", "kept")
+
+
+@dataclass
+class TokenFilterConfig:
+    """Options of the high-entropy token filter: the ``credit.token_filter`` block.
+
+    Attributes:
+        entropy_quantile: float in (0, 1] or None, default None (off). Keep the policy gradient on the
+            top ``entropy_quantile`` of the step batch's valid tokens by entropy under the sampling
+            policy (verl's ``entropy`` from the old-log-prob forward, at ``rollout.temperature``);
+            the other tokens get advantage 0. 0.2 is the paper's value (Wang et al., arXiv
+            2506.01939; TRL ``top_entropy_quantile``). Applied after any advantage estimator (verl's
+            or verl_credit's), the counterfactual token weights and the length reward.
+        denominator: "all" or "kept", default "all". The token-mean denominator after filtering.
+            "all": A' = A * keep; dropped tokens stay in the loss's denominator (TRL's aggregation:
+            per-token loss times the mask, same denominator), so a step's gradient is about
+            ``entropy_quantile`` times the unfiltered one and the learning rate and clip behave as in
+            the paper's runs. Works with every token-level loss and ``loss_agg_mode``; the default.
+            "kept": A' = A * keep * N / N_kept (step-batch counts): the mean over the kept tokens,
+            exact for losses linear in a positive scale of A (verl's ``vanilla`` incl. dual-clip,
+            ``cispo``, ``gpg``, ``dppo_tv``, ``dppo_kl``) with ``loss_agg_mode=token-mean``; the run
+            refuses it with other losses (their clip or penalty terms do not scale with A).
+    """
+
+    entropy_quantile: float | None = None
+    denominator: str = "all"
+
+    def __post_init__(self):
+        key = "credit.token_filter"
+        q = self.entropy_quantile
+        if q is not None and (
+            isinstance(q, bool) or not isinstance(q, int | float) or not math.isfinite(q) or not 0.0 < q <= 1.0
+        ):
+            raise ValueError(f"{key}.entropy_quantile must be null (off) or a number in (0, 1], got {q!r}")
+        if self.denominator not in DENOMINATORS:
+            raise ValueError(f"{key}.denominator must be one of {', '.join(DENOMINATORS)}, got {self.denominator!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.entropy_quantile is not None
 
 
 def _check(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:

@@ -40,6 +40,11 @@ class Layout:
         self.special = [[int(t) in special_ids for t in r.tolist()] for r in ro.responses]
         self.pieces = [token_pieces(tok, r.tolist()) for r in ro.responses]
         self.views = [(s, v) for s in result.sections for v in s.views]
+        tf = getattr(result, "token_filter", None)  # the high-entropy filter: greyed in advantage views
+        self.filter = tf
+        self.dropped = (
+            [[not bool(k) for k in tf.keep[i, :n]] for i, n in enumerate(self.lengths)] if tf is not None else None
+        )
         self.scales: list[dict[str, tuple[float, float]]] = []  # per rollout: scale name -> (centre, max |d|)
         for i, n in enumerate(self.lengths):
             per: dict[str, tuple[float, float]] = {}
@@ -63,12 +68,17 @@ class Layout:
         n = self.lengths[i]
         values = view.values[i, :n].float().tolist()
         parts = {name: t[i, :n].float().tolist() for name, t in view.parts.items()}
+        dropped = self.dropped[i] if self.dropped is not None and view.scale == "advantage" else None
         tips = []
         for t, value in enumerate(values):
             extra = ", ".join(f"{name}={p[t]:+.4f}" for name, p in parts.items())
-            tips.append(f"{view.label}={value:+.4f}" + (f" ({extra})" if extra else ""))
+            tip = f"{view.label}={value:+.4f}" + (f" ({extra})" if extra else "")
+            if dropped is not None and dropped[t]:
+                h = float(self.filter.entropy[i, t])
+                tip += f"; dropped by the token filter (H={h:.3f} < tau={self.filter.tau:.3f})"
+            tips.append(tip)
         _, scale = self.scales[i][view.scale]
-        return tokens(self.pieces[i], values, tips, view.center, scale, self.special[i][:n])
+        return tokens(self.pieces[i], values, tips, view.center, scale, self.special[i][:n], dropped)
 
 
 def grading_flag(result, i: int) -> str:

@@ -69,12 +69,17 @@ def colour_bar(name: str, center: float, scale: float, steps: int = 4) -> str:
     return f'<div class="cbar">{label}{"".join(cells)}</div>'
 
 
-def tokens(pieces: list[str], values: list[float], tips: list[str], center: float, scale: float, special) -> str:
-    """One line of tokens, each shaded by its value, with its tooltip; special tokens in grey italics."""
+def tokens(
+    pieces: list[str], values: list[float], tips: list[str], center: float, scale: float, special, dropped=None
+) -> str:
+    """One line of tokens, each shaded by its value, with its tooltip; special tokens in grey italics;
+    ``dropped`` tokens (the high-entropy filter's) greyed, unshaded."""
     out = []
-    for piece, value, tip, is_special in zip(pieces, values, tips, special, strict=True):
-        style = shade(value, center, scale)
-        cls = ' class="sp"' if is_special else ""
+    dropped = dropped if dropped is not None else [False] * len(pieces)
+    for piece, value, tip, is_special, drop in zip(pieces, values, tips, special, dropped, strict=True):
+        style = "" if drop else shade(value, center, scale)
+        names = [n for n, on in (("sp", is_special), ("drop", drop)) if on]
+        cls = f' class="{" ".join(names)}"' if names else ""
         style_attr = f' style="{style}"' if style else ""
         out.append(f'<span{cls}{style_attr} title="{safe_text(tip)}">{safe_text(piece)}</span>')
     return '<div class="tok">' + "".join(out) + "</div>"

@@ -36,7 +36,7 @@ td,th{border:1px solid #d1d5db;padding:3px 7px;text-align:left;vertical-align:to
 .meta td:first-child{font-weight:600;white-space:nowrap}.paper{color:#4b5563;font-size:.9em;margin-top:-6px}
 .tok{white-space:pre-wrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.82em;
 line-height:1.7;padding:6px 8px;border:1px solid #e5e7eb;border-radius:4px;background:#fff;overflow-wrap:anywhere}
-.tok span{border-radius:2px}.sp{color:#9ca3af;font-style:italic}
+.tok span{border-radius:2px}.sp{color:#9ca3af;font-style:italic}.tok span.drop{color:#a1a1aa;background:#f4f4f5}
 .rollout{border:1px solid #e5e7eb;border-radius:6px;padding:8px 10px;margin:10px 0;background:#fafafa}
 .rhead{font-size:.9em;margin-bottom:4px}.ok{color:#15803d;font-weight:700}.bad{color:#b91c1c;font-weight:700}
 .cut{color:#92400e;background:#fef3c7;font-weight:700;padding:0 4px;border-radius:3px}
@@ -213,6 +213,7 @@ def _summary(result, comp: dict) -> list[str]:
         f"Groups with both correct and wrong solutions (where GRPO and KTAE have a signal): "
         f"{len(comp['mixed_groups'])} of {len(set(ro.uids))}.",
     ]
+    lines.extend(_filter_summary(result))
     cf = next((s for s in result.sections if s.key == "counterfactual"), None)
     if cf is not None:
         why = [f"{reason} ({n})" for reason, n in cf.data["coverage_counts"].items() if reason not in _STATUSES]
@@ -225,6 +226,34 @@ def _summary(result, comp: dict) -> list[str]:
 
 
 _STATUSES = ("spans measured", "answer only", "not scored")
+
+
+def _filter_summary(result) -> list[str]:
+    """The high-entropy token filter's lines: kept fraction, threshold, and per estimator the share of
+    its credited tokens and of its advantage mass that the filter keeps."""
+    tf = getattr(result, "token_filter", None)
+    if tf is None:
+        return []
+    source = (
+        f"credit.token_filter.entropy_quantile={tf.quantile:g}"
+        if tf.configured
+        else f"q={tf.quantile:g}, the paper's: the filter is off in this config, --set token_filter.entropy_quantile=Q"
+    )
+    m = tf.metrics
+    lines = [
+        f"High-entropy token filter ({source}; entropy at temperature {tf.temperature:g} from this run's forward): "
+        f"keeps {m['kept_fraction']:.1%} of the valid tokens (entropy >= {tf.tau:.3f}; mean entropy kept "
+        f"{m['entropy_kept/mean']:.2f}, dropped {m['entropy_dropped/mean']:.2f}). The same tokens for every "
+        "estimator; the dropped ones are greyed in the advantage views."
+    ]
+    if tf.rows:
+        per = [
+            f"{r['estimator']} {format_number(r['kept_fraction_of_credited'])} of its credited tokens, "
+            f"{format_number(r['advantage_mass_kept'])} of its |A|"
+            for r in tf.rows
+        ]
+        lines.append("Kept by the filter, per estimator: " + "; ".join(per) + ".")
+    return lines
 
 
 def _banner(result, comp: dict) -> str:
@@ -261,7 +290,9 @@ def render(result) -> str:
         "methods the effective A x w), except the length reward's significance s. <b>Green</b>: a positive "
         "advantage, the token is made more likely; <b>red</b>: negative, made less likely. On a wrong solution "
         "A < 0, so deeper red means more blame. One colour scale per rollout, shared by all its advantage views "
-        "(the colour bar gives the numbers); hover a token for its value.</p>",
+        "(the colour bar gives the numbers); hover a token for its value. <b>Greyed</b> tokens in the advantage "
+        "views: those the high-entropy token filter would drop (credit.token_filter; kept fraction in the "
+        "summary).</p>",
         "<nav>"
         + '<a href="#compare">side by side</a>'
         + "".join(f'<a href="#{safe_text(s.key)}">{safe_text(s.key)}</a>' for s in result.sections)
@@ -347,6 +378,7 @@ def write_json(result, path: str | Path) -> Path:
             for i in range(len(ro))
         ],
         "demo_settings": result.demo_settings,
+        "token_filter": result.token_filter.to_json() if getattr(result, "token_filter", None) is not None else None,
         "timings": result.timings,
         "comparison": comparison(result),
         "sections": [

@@ -14,7 +14,8 @@
 
 The credit comes from the package's own functions (``verl_credit.compute_advantages``, the scoring
 stage's ``score_spans`` / ``score_reference``, ``apply_counterfactual_weights``, the length
-reward's core): see :mod:`verl_credit.explain.sections`. Nothing here computes an estimator.
+reward's core): see :mod:`verl_credit.explain.sections`; the high-entropy token filter's mask (greyed
+tokens) comes from :mod:`verl_credit.explain.token_filter`. Nothing here computes an estimator.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class ExplainResult:
     sections: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     demo_settings: dict = field(default_factory=dict)  # explain's own defaults applied (options.demo_settings)
+    token_filter: object = None  # verl_credit.explain.token_filter.FilterSummary
     report_path: Path | None = None
     json_path: Path | None = None
     grading: str = (
@@ -405,6 +407,7 @@ def explain_rollouts(
         ) from err
     from verl_credit.explain import sections as sections_mod
     from verl_credit.explain.report import write_json, write_report
+    from verl_credit.explain.token_filter import summarise as summarise_token_filter
 
     check_compare_rollout(config, len(rollouts))
     credit = CreditConfig.from_dict(with_demo_settings(config.credit))
@@ -431,6 +434,10 @@ def explain_rollouts(
             log(f"credit: {name} ...")
             result.sections.append(sections_mod.build(name, ws))
             timings[f"credit: {name}"] = time.perf_counter() - start
+        start = time.perf_counter()
+        log("token filter: entropy of every response token ...")
+        result.token_filter = summarise_token_filter(result, model)
+        timings["token filter (entropy forward)"] = time.perf_counter() - start
         out = Path(config.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         result.json_path = write_json(result, out / "explain.json")

@@ -9,6 +9,8 @@ from TransferQueue, exactly the rows and fields ``_update_actor`` will fetch, an
     prompts: LongTensor[B, P]       prompt_mask: LongTensor[B, P]  (left-aligned, 0-padded)
     responses: LongTensor[B, T]     response_mask, rm_scores, advantages, returns: [B, T]
     stage: {credit_* field: Tensor} the scoring stage's outputs, when it ran
+    entropy: FloatTensor[B, T]      verl's per-token entropy of the old-log-prob forward (absent in
+                                    bypass mode); the token filter's input
 
 This is how the real-step tests check that the advantages verl trains on equal the estimator's
 on the same rows. Off (no cost) when the variable is unset.
@@ -30,6 +32,7 @@ __all__ = ["AdvantageDumpMixin", "DUMP_ENV", "dump_batch"]
 
 DUMP_ENV = "VERL_CREDIT_DUMP_DIR"
 TRAIN_FIELDS = ("uid", "prompts", "responses", "response_mask", "rm_scores", "advantages", "returns")
+ENTROPY_FIELD = "entropy"  # written by verl's _compute_old_log_prob
 OPTIONAL_FIELDS = (*STAGE_FIELDS, "credit_ref_logprobs", "credit_ref_mask", "credit_cf_request", "credit_ref_request")
 
 
@@ -41,7 +44,9 @@ def dump_batch(batch: KVBatchMeta, path: str | Path) -> Path:
     """Save ``batch``'s training fields (see the module docstring) to ``path``."""
     present = set(batch.fields or ())
     optional = [f for f in OPTIONAL_FIELDS if f in present]
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[*TRAIN_FIELDS, *optional])
+    entropy = [ENTROPY_FIELD] if ENTROPY_FIELD in present else []
+    select = [*TRAIN_FIELDS, *optional, *entropy]
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=select)
     prompts = list(data["prompts"].unbind())
     prompt_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(p) for p in prompts], batch_first=True)
     record = {
@@ -51,6 +56,7 @@ def dump_batch(batch: KVBatchMeta, path: str | Path) -> Path:
         "prompt_mask": prompt_mask,
         **{f: _padded(data[f]) for f in TRAIN_FIELDS if f not in ("uid", "prompts")},
         "stage": stage_tensors(data, optional),
+        **{f: _padded(data[f]) for f in entropy},
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ Public API:
 Trainer choice: verl's stock trainer runs, untouched, unless the config asks for a plugin estimator
 or a ``credit`` feature (:func:`plugin_features`); then ``trainer.v1.trainer_mode`` ``sync`` (verl's
 default) becomes ``credit``. A run that cannot work fails here with the fix: the legacy trainer
-(``trainer.use_v1=false``), another V1 mode (async), ``rollout.n < 2``, a sequence-level loss,
+(``trainer.use_v1=false``), another V1 mode (async), ``rollout.n < 2``, a sequence-level loss
+(with a plugin estimator or the token filter), verl's entropy skipped (bypass mode) with the filter,
 plugins disabled for verl's workers (``VERL_USE_EXTERNAL_PLUGINS``), data without what the run reads.
 
 Nothing here imports verl at module level: the hook module imports this one only when verl's
@@ -107,6 +108,10 @@ def plugin_features(config, credit) -> list[str]:
         (f"algorithm.adv_estimator={name}", name in list_estimators()),
         (f"credit.token_weighting={credit.token_weighting}", credit.token_weighting != "none"),
         ("credit.length_reward.enabled=true", credit.length_reward.enabled),
+        (
+            f"credit.token_filter.entropy_quantile={credit.token_filter.entropy_quantile}",
+            credit.token_filter.enabled,
+        ),
         ("credit.batching.query_preserved=true", credit.batching.query_preserved),
         ("credit.batching.reward_balanced.enabled=true", credit.batching.reward_balanced.enabled),
         (

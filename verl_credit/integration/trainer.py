@@ -6,9 +6,13 @@ sets it). Each feature is a mixin in its own module that overrides one verl meth
 ``LengthRewardMixin`` (the length reward's ``counterfactual`` scorer reads the stage's output).
 ``PluginAdvantageMixin`` comes last: a plugin estimator name is computed by
 :func:`compute_plugin_advantage`, any other name (gae, grpo, ...) goes to verl unchanged.
+``TokenFilterMixin`` comes right after ``AdvantageDumpMixin``: it filters the advantages of whatever
+ran below it (any estimator, the counterfactual weights, the length reward), and the dump records
+what verl trains on, after the filter.
 
 Start-up checks (:func:`validate_run_config`, also run by ``verl_credit.main_ppo`` before Ray):
     - the ``credit`` block is valid (unknown keys and bad values named);
+    - the high-entropy token filter's checks (:func:`validate_token_filter_run`);
     - a plugin estimator needs ``trainer.use_v1=true``, ``trainer.v1.trainer_mode=credit`` and
       ``actor_rollout_ref.rollout.n >= 2`` (it compares the rollouts of one prompt).
 """
@@ -30,6 +34,7 @@ from verl_credit.integration.buffer import RewardBalancedBufferMixin
 from verl_credit.integration.dump import AdvantageDumpMixin
 from verl_credit.integration.length_reward import LengthRewardMixin, validate_length_reward_run
 from verl_credit.integration.scoring_stage import ScoringStageMixin
+from verl_credit.integration.token_filter import TokenFilterMixin, validate_token_filter_run
 from verl_credit.integration.token_flip import TokenFlipDiagnosticMixin
 from verl_credit.integration.tq_batch import compute_plugin_advantage
 from verl_credit.integration.verl_registry import TRAINER_MODE, register_estimator_stubs, require_plugin_trainer
@@ -69,6 +74,7 @@ def validate_run_config(config) -> CreditConfig:
     """Start-up checks of a full trainer config; returns the validated ``credit`` block."""
     credit = credit_config_from(config)
     validate_length_reward_run(config, credit)
+    validate_token_filter_run(config, credit)
     check_batching_config(config, credit)
     name = config.algorithm.adv_estimator
     spec = plugin_spec(name, credit.token_weighting)
@@ -118,6 +124,7 @@ class PluginAdvantageMixin:
 
 class CreditPPOTrainer(
     AdvantageDumpMixin,
+    TokenFilterMixin,
     QueryPreservedBatchingMixin,
     RewardBalancedBufferMixin,
     TokenFlipDiagnosticMixin,
