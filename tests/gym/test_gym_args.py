@@ -74,7 +74,7 @@ def test_warm_start_cache_key_holds_the_width_and_the_sft_length(tmp_path):
     assert warm_start(tmp_path, task, wider, **quiet)[1]["cached"] is False
     longer = ModelConfig(hidden=12, vocab_size=300, sft_examples=40, sft_steps=3, sft_batch=4)
     assert warm_start(tmp_path, task, longer, **quiet)[1]["cached"] is False
-    assert warm_start(tmp_path, TaskConfig(error_rate=0.3), longer, **quiet)[1]["cached"] is False
+    assert warm_start(tmp_path, TaskConfig(error_rate=0.12), longer, **quiet)[1]["cached"] is False
 
 
 def test_estimators_and_imports_take_spaces_commas_and_repeats():

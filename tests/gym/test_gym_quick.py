@@ -54,7 +54,7 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     argv = ["gym", "--quick", "--out", str(out), "--estimators", "grpo", "ktae", "counterfactual:inverted"]
     argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "grpo+lr", "oracle", "anti_oracle:mask"]
     argv += ["entropy80+m1", "optimal_token_baseline+clip_cov"]
-    argv += ["--import", "json", "--threads", "1"]
+    argv += ["--import", "json", "--threads", "1", "--workers", "1"]  # the test estimator lives in this process
     argv += ["--train-prompts", "8"]  # quick: 2 steps x 8 prompts, every prompt seen in both steps
     assert main(argv) == 0
     for name in ("results.json", "results.md", "credit_auc.png", "learning_curves.png"):

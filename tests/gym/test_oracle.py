@@ -190,11 +190,15 @@ def test_anti_oracle_is_the_complement(tokenizer):
     torch.testing.assert_close(w_or + w_anti, mask.float())  # 0/1 masks that partition the valid tokens
     torch.testing.assert_close(a_or + a_anti, z.float(), atol=1e-6, rtol=0)
     assert bool((w_or[1:, :3] == 0).all())  # the right first step of the wrong rollouts is not blamed
-    # default variant: mean 1 over each rollout's valid tokens, no weight on padding
-    _, w = oracle_advantages(parse_variant(None), False, r, tokenizer, z)
+    # the mean-1 variant: mean 1 over each rollout's valid tokens, no weight on padding
+    _, w = oracle_advantages(parse_variant("mean1"), False, r, tokenizer, z)
     for i in range(3):
         assert float(w[i][mask[i].bool()].mean()) == pytest.approx(1.0, abs=1e-5)
         assert bool((w[i][~mask[i].bool()] == 0).all())
+    # the default (lines:mask:fmt0): 0/1 weights, a superset of the token targets on the correct rollout
+    _, w_def = oracle_advantages(parse_variant(None), False, r, tokenizer, z)
+    assert set(w_def[mask.bool()].unique().tolist()) <= {0.0, 1.0}
+    assert bool((w_def >= w_or).all()) and torch.equal(w_def[1:], w_or[1:])
 
 
 def test_variant_grammar_and_errors():

@@ -25,16 +25,24 @@ from verl_credit.gym.defaults import DEFAULT_VARIANT
 
 __all__ = ["add_arguments", "check_args", "learn_config", "task_config", "model_config", "run", "DEFAULT_METHODS"]
 
+# the bounds, every built-in estimator with the counterfactual controls, and the peers a verl user would try
+# (batching options, +qp and +rb, are off the default list: they do not change token credit)
 DEFAULT_METHODS = (
     "grpo",
+    "oracle",
+    "anti_oracle",
     "ktae",
     "counterfactual",
     "counterfactual:uniform",
     "counterfactual:random",
     "counterfactual:inverted",
     "variance_weighted",
-    "grpo+qp",
-    "grpo+rb",
+    "entropy80",
+    "counterfactual+entropy80",
+    "clip_cov",
+    "kl_cov",
+    "rloo",
+    "optimal_token_baseline",
 )
 
 
@@ -65,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"(default: {' '.join(DEFAULT_METHODS)})",
     )
     add_import_argument(p, "modules to import first (your estimators), separated by spaces or commas")
-    p.add_argument("--seeds", type=positive_int, default=None, help="RL seeds per method (default 3, quick 1)")
+    p.add_argument("--seeds", type=positive_int, default=None, help="RL seeds per method (default 5, quick 1)")
     p.add_argument("--steps", type=positive_int, default=None, help="RL steps per run (default 60, quick 2)")
     from verl_credit.gym.defaults import LearnConfig
     from verl_credit.gym.model import ModelConfig
@@ -121,8 +129,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=positive_int,
-        default=1,
-        help="learning runs in parallel processes (default 1; one per core, each with --threads threads: the "
+        default=2,
+        help="learning runs in parallel processes (default 2; one per core, each with --threads threads: the "
         "results are the same as with 1, each run seeds itself)",
     )
     p.set_defaults(gym_prog=p.prog)
@@ -290,7 +298,7 @@ def run(args) -> dict:
     if args.quick:
         credit_prompts, n_boot, held_n, seeds = 16, 200, HELD_OUT_QUICK, args.seeds or 1
     else:
-        credit_prompts, n_boot, held_n, seeds = 96, 1000, HELD_OUT, args.seeds or 3
+        credit_prompts, n_boot, held_n, seeds = 96, 1000, HELD_OUT, args.seeds or 5
     held_n = args.held_out or held_n
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 __all__ = ["DEFAULT_VARIANT", "LearnConfig"]
 
-DEFAULT_VARIANT = "lines:fmt0"
+DEFAULT_VARIANT = "lines:mask:fmt0"
 
 
 @dataclass(frozen=True)
