@@ -77,7 +77,9 @@ def _pool_with_history():
     def generate(prompts):
         for _ in range(prompts):
             i = next(k)
-            pool.add(GroupRecord(uid=f"g{i}", size=4 if i % 5 else 0, positives=4 * (i % 3 == 0) if i % 5 else 0, step=step))
+            pool.add(
+                GroupRecord(uid=f"g{i}", size=4 if i % 5 else 0, positives=4 * (i % 3 == 0) if i % 5 else 0, step=step)
+            )
 
     for step in (1, 2):
         fill_batch(pool, step, 2, generate)

@@ -58,7 +58,7 @@ def test_dropped_rollouts_counted_and_fail_with_the_workers_error(local_tq, tmp_
     assert metrics == {"credit/rollouts_dropped/count": 1.0, "credit/rollouts_dropped/fraction": 0.25}
     # the error line verl 0.9.1's agent loop writes to the worker's log, with its traceback
     (tmp_path / "worker-1-2.err").write_text(
-        f"noise\n{AGENT_LOOP_ERROR}bb\nTraceback (most recent call last):\n  File \"r.py\", line 3, in f\n"
+        f'noise\n{AGENT_LOOP_ERROR}bb\nTraceback (most recent call last):\n  File "r.py", line 3, in f\n'
         "    raise ValueError('bad reward for length 13')\nValueError: bad reward for length 13\n"
     )
     with pytest.raises(ValueError) as err:
@@ -180,4 +180,3 @@ def test_old_checkpoint_without_buffer_state_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="verl_credit.integration.buffer_state"):
         assert not load_buffer_state(buffer, str(tmp_path), 7)
     assert "step 7" in caplog.text and "restart from 0" in caplog.text
-

@@ -11,9 +11,9 @@ subclass loaded through verl's custom sampler hook) is ``verl_credit.integration
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
