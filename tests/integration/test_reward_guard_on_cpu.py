@@ -1,6 +1,7 @@
 """Issue 22 at run time, on a real TransferQueue (local Ray) filled as verl's agent loop fills it:
 the reward check of the advantage step and of the reward-balanced buffer (cases 1, 2), the rollouts
-verl dropped (case 1), the buffer's groups and counters through a checkpoint (case 8)."""
+verl dropped (case 1), the buffer's groups and counters through a checkpoint (case 8); the smoke
+summary of a resumed run (case 9)."""
 
 import random
 import uuid
@@ -9,6 +10,7 @@ import pytest
 import transfer_queue as tq
 
 import verl_credit.integration.trainer  # noqa: F401  (first: verl's trainer module imports the buffer through the plugin hook)
+from verl_credit.cpu.smoke import step_summary
 from verl_credit.integration.buffer import RewardBalancedReplayBuffer
 from verl_credit.integration.buffer_state import STATE_FILE, TQ_DIR, load_buffer_state, save_buffer_state
 from verl_credit.integration.reward_guard import AGENT_LOOP_ERROR, agent_loop_error, guard_rewards
@@ -180,3 +182,12 @@ def test_old_checkpoint_without_buffer_state_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="verl_credit.integration.buffer_state"):
         assert not load_buffer_state(buffer, str(tmp_path), 7)
     assert "step 7" in caplog.text and "restart from 0" in caplog.text
+
+
+def test_smoke_counts_steps_from_the_resumed_step():
+    assert step_summary([1, 2, 3], 3, 0) == (True, "3 of 3 steps")
+    assert step_summary([4, 5, 6], 6, 0) == (True, "steps 4-6 of 6 (resumed from step 3; 3 run)")
+    assert step_summary([4, 5], 6, 0)[0] is False  # stopped early
+    assert step_summary([1, 2, 3], 6, 0)[0] is False
+    assert step_summary([1, 2], 2, 1)[0] is False  # the process failed after its steps
+    assert step_summary([], 2, 0) == (False, "0 of 2 steps")
