@@ -2,7 +2,7 @@
 
     RewardGuardMixin._compute_advantage   checks the step's batch, then ``super()``
     guard_rewards(batch, ..., metrics)    the check itself (rewards finite; rollouts dropped by verl)
-    prompt_text(key, partition_id)        the start of a rollout's prompt, for messages
+    prompt_text(key, partition_id, tok)   the start of a rollout's prompt, for messages
     agent_loop_error(uids)                the reward function's error, read from the Ray workers' logs
 
 Every step of the plugin trainer (whichever features are on), before the scoring stage, the length
@@ -10,14 +10,15 @@ reward and the estimator read ``rm_scores``:
 
 1. every real row's reward (verl's ``rm_scores``; padding rows excluded) must be a finite number, else
    ValueError naming the rollout, its uid and the start of its prompt;
-2. the step asked verl for ``data.train_batch_size / parameter_sync_step`` groups of
-   ``actor_rollout_ref.rollout.n`` rollouts. verl's agent loop drops a rollout whose reward function
-   raised (or returned a string, which verl's reward loop cannot turn into a score): the group arrives
-   short and ``_balance_batch`` pads the batch with synthetic ``pad...`` rows in its place. The step
-   logs ``credit/rollouts_dropped/count`` and ``credit/rollouts_dropped/fraction`` and fails when the
+2. the step asked verl's replay buffer for ``sample_batch_size`` groups (``_step_once``'s argument:
+   ``data.train_batch_size / parameter_sync_step``) of ``actor_rollout_ref.rollout.n`` rollouts.
+   verl's agent loop drops a rollout whose reward function raised (or returned a string, which
+   verl's reward loop cannot turn into a score): the group arrives short and ``_balance_batch``
+   pads the batch with synthetic ``pad...`` rows in its place. The step logs
+   ``credit/rollouts_dropped/count`` and ``credit/rollouts_dropped/fraction`` and fails when the
    fraction is above ``credit.max_dropped_fraction`` (default 0). The message gives the reward
-   function's error when it can be read from the Ray session's worker logs on this node (verl logs it
-   there as ``Error in _run_prompt for uid=...``); otherwise it says where to look.
+   function's error when it can be read from the Ray session's worker logs on this node (verl logs
+   it there as ``Error in _run_prompt for uid=...``); otherwise it says where to look.
 """
 
 from __future__ import annotations
@@ -41,17 +42,25 @@ LOG_TAIL_BYTES = 4 << 20  # bytes read from the end of each worker log
 LOG_FILES = 64  # most recently written worker logs searched
 
 
-def prompt_text(key: str, partition_id: str) -> str | None:
-    """The last user message of the rollout stored under ``key`` (its ``raw_prompt``), or None."""
-    try:
-        data = tq.kv_batch_get(keys=[key], partition_id=partition_id, select_fields=["raw_prompt"])
-        messages = list(data["raw_prompt"])[0]
-    except Exception:  # only for an error message: give what we have
-        return None
-    if isinstance(messages, list | tuple) and messages and all(isinstance(m, dict) for m in messages):
-        users = [m for m in messages if m.get("role") == "user"] or list(messages)
-        return str(users[-1].get("content", ""))
-    return str(messages)
+def prompt_text(key: str, partition_id: str, tokenizer=None) -> str | None:
+    """The last user message of the rollout stored under ``key`` (its ``raw_prompt``), else its
+    prompt token ids decoded with ``tokenizer``, else None. Only for error messages."""
+    for field in ("raw_prompt", "prompts"):
+        try:
+            data = tq.kv_batch_get(keys=[key], partition_id=partition_id, select_fields=[field])
+            value = list(data[field])[0]
+        except Exception:  # absent field: try the next way
+            continue
+        if field == "prompts":
+            try:
+                return tokenizer.decode([int(i) for i in value], skip_special_tokens=True)
+            except Exception:  # no (usable) tokenizer
+                return None
+        if isinstance(value, list | tuple) and value and all(isinstance(m, dict) for m in value):
+            users = [m for m in value if m.get("role") == "user"] or list(value)
+            return str(users[-1].get("content", ""))
+        return str(value)
+    return None
 
 
 def _ray_logs_dir() -> str | None:
@@ -104,13 +113,17 @@ def _exception_line(lines: list[str]) -> str | None:
 
 def guard_rewards(
     batch: KVBatchMeta,
-    expected_groups: int,
+    expected_groups: int | None,
     n: int,
     max_dropped_fraction: float,
     metrics: dict,
     logs_dir: str | None = None,
+    tokenizer=None,
 ) -> None:
-    """Check the step's batch (see the module docstring); adds ``credit/rollouts_dropped/*`` to ``metrics``."""
+    """Check the step's batch (see the module docstring); adds ``credit/rollouts_dropped/*`` to ``metrics``.
+
+    ``expected_groups``: the groups this step's replay-buffer sample was asked for; None (the batch
+    did not come from a sample, e.g. a trainer driven by hand) skips the dropped-rollout check."""
     real = [
         i
         for i, (key, tag) in enumerate(zip(batch.keys, batch.tags, strict=True))
@@ -124,7 +137,11 @@ def guard_rewards(
     uids = uid_column(data)
     scores = data["rm_scores"]
     scores = scores.to_padded_tensor(0.0) if scores.is_nested else scores
-    check_rewards(scores, uids, "advantage step", prompt_of=lambda b: prompt_text(keys[b], batch.partition_id))
+    check_rewards(
+        scores, uids, "advantage step", prompt_of=lambda b: prompt_text(keys[b], batch.partition_id, tokenizer)
+    )
+    if expected_groups is None:
+        return
     count = count_dropped(uids, expected_groups, n)
     metrics.update({f"credit/{k}": v for k, v in count.metrics().items()})
     if count.fraction > max_dropped_fraction:
@@ -140,15 +157,23 @@ def guard_rewards(
 
 
 class RewardGuardMixin:
-    """``_compute_advantage``: :func:`guard_rewards` on the batch, then the rest of the chain."""
+    """``_step_once`` records how many groups the step samples; ``_compute_advantage`` runs
+    :func:`guard_rewards` on the batch, then the rest of the chain."""
+
+    def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int) -> KVBatchMeta:
+        self._credit_sampled_groups = int(sample_batch_size)  # what verl asks its replay buffer for
+        try:
+            return super()._step_once(metrics, timing_raw, sample_batch_size)
+        finally:
+            self._credit_sampled_groups = None
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        sync_steps = int(getattr(self, "parameter_sync_step", 1) or 1)
         guard_rewards(
             batch,
-            expected_groups=int(self.config.data.train_batch_size) // sync_steps,
+            expected_groups=getattr(self, "_credit_sampled_groups", None),
             n=int(self.config.actor_rollout_ref.rollout.n),
             max_dropped_fraction=float(self.credit_config.max_dropped_fraction),
             metrics=metrics,
+            tokenizer=getattr(self, "tokenizer", None),
         )
         return super()._compute_advantage(batch, metrics)
