@@ -59,15 +59,26 @@ def test_dropped_rollouts_counted_and_fail_with_the_workers_error(local_tq, tmp_
     guard_rewards(batch, 2, 2, max_dropped_fraction=0.25, metrics=metrics)  # allowed: logged only
     assert metrics == {"credit/rollouts_dropped/count": 1.0, "credit/rollouts_dropped/fraction": 0.25}
     # the error line verl 0.9.1's agent loop writes to the worker's log, with its traceback
+    # what verl 0.9.1's agent loop writes to the worker's log (shortened from a real run): the
+    # reward function's error comes re-raised through Ray, the reward function's own line last
     (tmp_path / "worker-1-2.err").write_text(
-        f'noise\n{AGENT_LOOP_ERROR}bb\nTraceback (most recent call last):\n  File "r.py", line 3, in f\n'
-        "    raise ValueError('bad reward for length 13')\nValueError: bad reward for length 13\n"
+        "INFO:2026-12-02 17:31:24,001:noise\n"
+        f"ERROR:2026-12-02 17:31:24,567:{AGENT_LOOP_ERROR}bb\n"
+        "Traceback (most recent call last):\n"
+        '  File "verl/experimental/agent_loop/agent_loop.py", line 1026, in _compute_score\n'
+        "    result = await selected_reward_loop_worker_handle.compute_score.remote(data)\n"
+        "ray.exceptions.RayTaskError(ValueError): ray::RewardLoopWorker.compute_score() (pid=23489)\n"
+        '  File "/tmp/i22/bad_reward.py", line 5, in compute_score\n'
+        '    raise ValueError(f"bad reward for length {len(solution_str)}")\n'
+        "ValueError: bad reward for length 41\n"
+        f"ERROR:2026-12-02 17:31:25,302:{AGENT_LOOP_ERROR}cc\n"
+        "ValueError: another group's error\n"
     )
     with pytest.raises(ValueError) as err:
         guard_rewards(batch, 2, 2, 0.0, {}, logs_dir=str(tmp_path))
     text = str(err.value)
     assert "\n" not in text and "verl dropped 1 of 4 rollouts" in text and "bb" in text
-    assert "ValueError: bad reward for length 13" in text
+    assert "'ValueError: bad reward for length 41' (from the Ray workers' log)" in text
     with pytest.raises(ValueError, match=r"worker-\*\.err"):  # no log: says where to look
         guard_rewards(batch, 2, 2, 0.0, {}, logs_dir=str(tmp_path / "none"))
     _clear(batch)

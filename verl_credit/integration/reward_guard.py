@@ -26,6 +26,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 
 import transfer_queue as tq
 from transfer_queue import KVBatchMeta
@@ -64,13 +65,14 @@ def prompt_text(key: str, partition_id: str, tokenizer=None) -> str | None:
 
 
 def _ray_logs_dir() -> str | None:
+    """This Ray session's log folder (the trainer runs in a Ray actor on the head node)."""
     try:
         import ray
 
-        node = ray._private.worker._global_node  # set in the driver and in actors of a local cluster
-        if node is not None:
-            return node.get_logs_dir_path()
-    except Exception:
+        for node in (getattr(ray._private.worker.global_worker, "node", None), ray._private.worker._global_node):
+            if node is not None:
+                return node.get_logs_dir_path()
+    except Exception:  # not in a Ray process, or Ray's internals moved: fall back
         pass
     fallback = "/tmp/ray/session_latest/logs"
     return fallback if os.path.isdir(fallback) else None
@@ -99,16 +101,23 @@ def agent_loop_error(uids, logs_dir: str | None = None) -> str | None:
     return None
 
 
+_RAY_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\([^)]*pid=\d+[^)]*\)(\x1b\[[0-9;]*m)? ?")  # "(Worker pid=1) "
+_LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)[:\s]")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(\([\w.]+\))?: ")
+
+
 def _exception_line(lines: list[str]) -> str | None:
-    """The first ``Type: message`` line ending a traceback after verl's error line (with chained
-    exceptions, the first one printed is the root cause: the reward function's own error)."""
-    in_traceback = False
+    """The last ``Type: message`` line of the traceback that follows verl's error line: with
+    exceptions re-raised through Ray (``RayTaskError(ValueError): ...``), the last one printed is
+    the reward function's own (``ValueError: bad reward ...``)."""
+    found = None
     for line in lines[:400]:
-        if line.startswith("Traceback"):
-            in_traceback = True
-        elif in_traceback and line and not line[0].isspace() and ":" in line:
-            return line.strip()[:300]
-    return None
+        line = _RAY_PREFIX.sub("", line.rstrip("\n"))
+        if _LOG_RECORD.match(line) or AGENT_LOOP_ERROR in line:
+            break  # the next log record
+        if _EXCEPTION.match(line):
+            found = line.strip()
+    return found[:300] if found else None
 
 
 def guard_rewards(
