@@ -82,7 +82,9 @@ def test_dropped_rollouts_counted_and_fail_with_the_workers_error(local_tq, tmp_
     with pytest.raises(ValueError, match=r"worker-\*\.err"):  # no log: says where to look
         guard_rewards(batch, 2, 2, 0.0, {}, logs_dir=str(tmp_path / "none"))
     _clear(batch)
-    assert agent_loop_error(["zz"], str(tmp_path)) is None
+    # a group restored from a checkpoint failed in an earlier session: this session's error serves
+    assert agent_loop_error(["zz"], str(tmp_path)) == "ValueError: another group's error"
+    assert agent_loop_error(["zz"], str(tmp_path / "none")) is None
 
 
 class Rollout:

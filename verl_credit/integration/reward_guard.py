@@ -79,25 +79,29 @@ def _ray_logs_dir() -> str | None:
 
 
 def agent_loop_error(uids, logs_dir: str | None = None) -> str | None:
-    """The exception line verl logged for one of ``uids`` (``ValueError: ...``), read from the end of
-    the most recent Ray worker logs under ``logs_dir`` (default: this Ray session's); None if not found."""
+    """The exception line verl logged for one of ``uids`` (``ValueError: ...``), else for any rollout
+    of this session (a short group restored from a checkpoint failed in an earlier session), read
+    from the end of the most recent Ray worker logs under ``logs_dir`` (default: this Ray session's);
+    None if there is none."""
     logs_dir = logs_dir or _ray_logs_dir()
-    if not logs_dir or not uids:
+    if not logs_dir:
         return None
     files = glob.glob(os.path.join(logs_dir, "worker-*.err")) + glob.glob(os.path.join(logs_dir, "worker-*.out"))
     files.sort(key=lambda p: os.path.getmtime(p), reverse=True)
-    markers = [f"{AGENT_LOOP_ERROR}{uid}" for uid in uids]
+    texts = []
     for path in files[:LOG_FILES]:
         try:
             with open(path, "rb") as f:
                 f.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
-                text = f.read().decode("utf-8", errors="replace")
+                texts.append(f.read().decode("utf-8", errors="replace"))
         except OSError:
             continue
-        for marker in markers:
-            at = text.rfind(marker)
-            if at >= 0:
-                return _exception_line(text[at:].splitlines()[1:])
+    for markers in ([f"{AGENT_LOOP_ERROR}{uid}" for uid in uids], [AGENT_LOOP_ERROR]):
+        for text in texts:
+            for marker in markers:
+                at = text.rfind(marker)
+                if at >= 0:
+                    return _exception_line(text[at:].splitlines()[1:])
     return None
 
 
