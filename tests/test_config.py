@@ -95,3 +95,11 @@ def test_main_ppo_rejects_a_contradictory_config_before_ray_starts():
     assert proc.returncode == 1
     assert "actor_rollout_ref.rollout.n must be >= 2, got 1" in proc.stderr
     assert "ray init kwargs" not in proc.stdout  # verl's run_ppo prints this when it starts Ray
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_max_dropped_fraction_is_validated(bad):
+    with pytest.raises(ValueError, match=r"credit\.max_dropped_fraction must be a number in \[0, 1\]"):
+        CreditConfig.from_dict({"max_dropped_fraction": bad})
+    assert CreditConfig.from_dict({"max_dropped_fraction": 0.25}).max_dropped_fraction == 0.25
+    assert CreditConfig().max_dropped_fraction == 0.0
