@@ -195,7 +195,8 @@ class ScoringStageMixin:
         credit, name = self.credit_config, self.config.algorithm.adv_estimator
         consumers = []
         if weighting_active(name, credit.token_weighting):
-            consumers.append(f"keep weight 1 on every token (their advantages are plain {name})")
+            base = "grpo" if name == "counterfactual" else name  # adv_estimator=counterfactual is weighted grpo
+            consumers.append(f"keep weight 1 on every token (their advantages are plain {base})")
         if credit.length_reward.enabled:
             consumers.append("count as all insignificant for the length reward's counterfactual scorer")
         return warn_low_coverage(
