@@ -143,3 +143,11 @@ def test_main_ppo_names_the_closest_key_for_an_unknown_one():
     assert proc.returncode == 1
     assert "credit.ktae.alpah=2: unknown config key credit.ktae.alpah; did you mean credit.ktae.alpha?" in proc.stderr
     assert "To append to your config use" not in proc.stderr
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_max_dropped_fraction_is_validated(bad):
+    with pytest.raises(ValueError, match=r"credit\.max_dropped_fraction must be a number in \[0, 1\]"):
+        CreditConfig.from_dict({"max_dropped_fraction": bad})
+    assert CreditConfig.from_dict({"max_dropped_fraction": 0.25}).max_dropped_fraction == 0.25
+    assert CreditConfig().max_dropped_fraction == 0.0

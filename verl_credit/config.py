@@ -13,6 +13,7 @@ or a value of the wrong type fails at composition with the full key named. Range
       token_filter: {...}        # high-entropy token filter, see verl_credit.core.token_filter.TokenFilterConfig
       estimator_kwargs: {}       # free-form options handed to user-registered estimators
       import_modules: []         # modules imported before the run (they register estimators)
+      max_dropped_fraction: 0.0  # share of a step's rollouts verl may drop (reward fn errors) before failing
 
 Options that verl already has are read from verl, not repeated here:
 ``algorithm.adv_estimator`` selects the estimator, ``algorithm.norm_adv_by_std_in_grpo`` chooses
@@ -69,6 +70,12 @@ class CreditConfig:
         import_modules: dotted module names imported in every process that builds the trainer
             (the driver and verl's TaskRunner actor), so that estimators a user registers in
             their own module exist there. Default [].
+        max_dropped_fraction: the share of a step's rollouts verl may lose before the advantage
+            step (its agent loop drops a rollout whose reward function raised or returned a
+            string: the group arrives short, padded) before the step fails. Default 0.0: fail on
+            any loss, naming the reward function's error. 1.0 trains on what remains; the loss is
+            logged as ``credit/rollouts_dropped/{count,fraction}`` in every case. Every rollout's
+            reward is also checked to be a finite number (not configurable).
     """
 
     correct_threshold: float = 0.0
@@ -84,6 +91,8 @@ class CreditConfig:
     variance: VarianceParams = field(default_factory=VarianceParams)
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     import_modules: list[str] = field(default_factory=list)
+    # rollouts verl lost before the advantage step (verl_credit.integration.reward_guard)
+    max_dropped_fraction: float = 0.0
 
     def __post_init__(self):
         if not is_number(self.correct_threshold):
@@ -95,6 +104,10 @@ class CreditConfig:
         for module in self.import_modules:
             if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
                 raise ValueError(f"credit.import_modules entries must be dotted module names, got {module!r}")
+        if not (is_number(self.max_dropped_fraction) and 0 <= self.max_dropped_fraction <= 1):
+            raise ValueError(
+                f"credit.max_dropped_fraction must be a number in [0, 1], got {self.max_dropped_fraction!r}"
+            )
         for f in dataclasses.fields(self):
             section, value = _section_type(f), getattr(self, f.name)
             if section is not None and isinstance(value, dict):

@@ -154,7 +154,7 @@ def _empty(value) -> bool:
 
 
 def _a(value) -> str:
-    """"a str", "an int": the article and the type name of ``value``."""
+    """ "a str", "an int": the article and the type name of ``value``."""
     name = type(value).__name__
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
@@ -172,10 +172,7 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
     if prompt is None:
         return 1, f"field {key!r} is missing (None); {FORMAT_FIX}"
     if not isinstance(prompt, list | tuple):
-        return 2, (
-            f"field {key!r} is {_a(prompt)} ({_text(prompt)}), expected a list of chat messages; "
-            f"{FORMAT_FIX}"
-        )
+        return 2, (f"field {key!r} is {_a(prompt)} ({_text(prompt)}), expected a list of chat messages; {FORMAT_FIX}")
     if len(prompt) == 0:
         return 3, f"field {key!r} is an empty list of messages; {FORMAT_FIX}"
     for m, message in enumerate(prompt):
@@ -200,9 +197,7 @@ def row_problem(prompt, reward_model, needs: DataNeeds, *, has_reward_model: boo
     if not has_reward_model or reward_model is None:
         return 9, f"field 'reward_model' is missing; {needs.present}: {REWARD_MODEL_FIX}"
     if not isinstance(reward_model, dict):
-        return 10, (
-            f"field 'reward_model' is {_a(reward_model)}, expected a mapping with a 'ground_truth' key"
-        )
+        return 10, (f"field 'reward_model' is {_a(reward_model)}, expected a mapping with a 'ground_truth' key")
     truth = reward_model.get("ground_truth")
     if truth is None:
         return (

@@ -381,7 +381,7 @@ def test_trainer_installs_the_buffer_through_verls_hook():
     assert type(stock._build_replay_buffer()).__name__ == "ReplayBuffer"
 
 
-def test_resume_says_the_buffer_is_not_restored(tmp_path, caplog):
+def test_resume_from_a_checkpoint_without_buffer_state_warns(tmp_path, caplog):
     folder = tmp_path / "global_step_7"
     folder.mkdir()
     config = _config(
@@ -393,10 +393,11 @@ def test_resume_says_the_buffer_is_not_restored(tmp_path, caplog):
     trainer = _trainer(CreditPPOTrainer, config, 1)
     trainer.trainer_mode = "sync"
     trainer.actor_rollout_wg = SimpleNamespace(load_checkpoint=lambda **kwargs: None)
-    with caplog.at_level("WARNING", logger="verl_credit.integration.buffer"):
-        trainer._load_checkpoint()  # verl's own resume (actor stubbed), then the mixin's log
+    trainer.replay_buffer = trainer._build_replay_buffer()
+    with caplog.at_level("WARNING", logger="verl_credit.integration.buffer_state"):
+        trainer._load_checkpoint()  # verl's own resume (actor stubbed), then the mixin's restore
     assert trainer.global_steps == 7
-    assert "not saved in checkpoints" in caplog.text and "step 7" in caplog.text
+    assert "without buffer state" in caplog.text and "step 7" in caplog.text
 
 
 # ----------------------------------------------------------------------------- token flip plumbing

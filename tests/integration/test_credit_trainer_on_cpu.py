@@ -177,7 +177,9 @@ def test_nan_reward_in_the_queue_names_the_rollout(local_tq):
     prompts, responses, scores, uids = _rollouts(7)
     scores[5] = float("nan")
     batch = _put(local_tq, prompts, responses, scores, uids)
-    with pytest.raises(ValueError, match=rf"rollout 5 \(uid '{uids[5]}'\)"):
+    with pytest.raises(
+        ValueError, match=rf"^advantage step: rollout 5 of \d+ \(uid {uids[5]}, prompt .+\) has reward nan"
+    ):
         _trainer(_config("algorithm.adv_estimator=ktae"))._compute_advantage(batch, {})
 
 

@@ -20,6 +20,7 @@ The runs take about a minute each on two cores, most of it start-up.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import textwrap
 
@@ -467,3 +468,53 @@ def test_broken_config_fails_before_ray(ws, tmp_path):
 def test_an_unknown_solution_style_is_refused(tmp_path):
     with pytest.raises(ValueError, match="solutions must be one of"):
         build_workspace(tmp_path, solutions="medium")
+
+
+FLAKY_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    if len(solution_str) % 3 == 0:  # about a third of the rollouts: verl's agent loop drops them
+        raise ValueError(f"flaky reward for a response of {len(solution_str)} characters")
+    return {"score": float(len(solution_str) % 2 == 0), "acc": False}
+"""
+
+
+def test_dropped_rollouts_and_buffer_resume_real_steps(tmp_path_factory, tmp_path):
+    """Issue 22, cases 1, 8 (and 9's resume) in two real runs of one workspace, grpo with the
+    reward-balanced buffer at rho=0.5 (groups wait) and a reward function that raises for about a
+    third of the rollouts. Run 1 allows the loss (credit.max_dropped_fraction=1), trains 2 steps and
+    saves each; run 2 resumes from step 2 with the default (0): the buffer comes back with the same
+    groups and totals, then step 3 fails, naming the reward function's own error."""
+    ws = build_workspace(tmp_path_factory.mktemp("smoke_resume"))
+    reward = tmp_path / "flaky_reward.py"
+    reward.write_text(FLAKY_REWARD)
+    common = [
+        f"reward.custom_reward_function.path={reward}",
+        "credit.batching.reward_balanced.enabled=true",
+        "credit.batching.reward_balanced.rho=0.5",
+        "trainer.save_freq=1",
+    ]
+    first = run(
+        ws, smoke_overrides(ws, "grpo", 2, 1, extra=[*common, "credit.max_dropped_fraction=1.0"]), RUN_TIMEOUT_S
+    )
+    assert first.returncode == 0 and [r["step"] for r in first.steps] == [1, 2], first.log_tail
+    assert all(r["credit/rollouts_dropped/count"] > 0 for r in first.steps), first.steps  # counted, allowed
+    assert all(0 < r["credit/rollouts_dropped/fraction"] < 1 for r in first.steps)
+    saved = json.loads((ws.root / "checkpoints" / "global_step_2" / "credit_buffer.json").read_text())
+    last = first.steps[-1]
+    waiting = saved["pool"]["waiting"]
+    assert len(waiting) == last["credit/buffer/waiting/groups"] > 0, (saved, last)
+    assert saved["pool"]["generated"]["rollouts"] == last["credit/buffer/generated/rollouts_total"]
+
+    second = run(ws, smoke_overrides(ws, "grpo", 3, 1, extra=common), RUN_TIMEOUT_S)
+    assert second.returncode != 0 and second.steps == [], second.log_tail
+    log = (ws.root / "smoke.log").read_text()
+    restored = (
+        f"resumed at step 2 with {len(waiting)} waiting groups ({sum(g['size'] for g in waiting)} rollouts) and "
+        f"the saved totals (generated {int(last['credit/buffer/generated/rollouts_total'])} rollouts, "
+        f"trained {int(last['credit/buffer/trained/rollouts_total'])})"
+    )
+    assert restored in log, log[-4000:]
+    failure = [line for line in log.splitlines() if "ValueError: verl dropped" in line]
+    assert failure, log[-4000:]
+    assert "credit.max_dropped_fraction=0" in failure[-1]
+    assert "flaky reward for a response of" in failure[-1]  # the reward function's own error

@@ -18,10 +18,11 @@ from verl.utils import tensordict_utils as tu
 import verl_credit.main_ppo  # noqa: F401  (registers the credit schema)
 from verl_credit.core.counterfactual import paint_spans, span_importance, token_weights
 from verl_credit.core.groups import group_index_from_uids, group_outcome_advantage
+from verl_credit.integration import stage_coverage
 from verl_credit.integration.scoring_stage import ScoringStageMixin
 from verl_credit.integration.trainer import CreditPPOTrainer, validate_run_config
 from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker
-from verl_credit.scoring import hf_scorer, score_spans
+from verl_credit.scoring import CounterfactualConfig, hf_scorer, score_spans
 
 TEXTS = [
     "Janet sells 16 - 3 - 4 = 9 duck eggs a day. She makes 9 * 2 = $18 every day.\n#### 18",
@@ -163,7 +164,10 @@ def test_counterfactual_estimator_end_to_end(local_tq, tiny):
     assert (adv[B:] == 0).all()
     assert (w[0][mask[0].bool()] != 1).any()  # the weights do something
     assert torch.equal(adv[3], adv[0])  # the duplicate got its source's scores
+    # 5 rows sent to the forward; 6 asked with the duplicate; row 6 has no answer: 5 scored
+    assert metrics["credit/counterfactual/rollouts_requested/count"] == 5.0
     assert metrics["credit/counterfactual/rollouts_scored/count"] == 5.0
+    assert metrics["credit/counterfactual/rollouts_scored/fraction"] == pytest.approx(5 / 6)
     assert metrics["credit/counterfactual/duplicates_copied/count"] == 1.0
     assert 0 < metrics["credit/stage/forward_tokens_vs_naive/ratio"] < 1
     assert "credit/counterfactual/distractor_spans/fraction" in metrics
@@ -586,3 +590,52 @@ def test_length_reward_composes_with_variance_weighted(local_tq, tiny):
     z = group_outcome_advantage(res.shaped.double(), groups)
     mask = got["response_mask"][:B]
     torch.testing.assert_close(got["advantages"][:B], (z[:, None] * mask).float(), rtol=1e-4, atol=1e-4)
+
+
+def test_low_coverage_warns_once_with_the_reasons(local_tq, tiny, monkeypatch, caplog):
+    """Issue 22 case 5: a step that scores few of the rollouts asked for logs one warning per run
+    with the reasons counted by explain's coverage rules (here the threshold is raised so that 5 of
+    6 is "few": row 6, "the text just stops without", has no answer marker)."""
+    monkeypatch.setattr(stage_coverage, "LOW_SCORED_FRACTION", 1.0)
+    trainer, batch, *_ = _setup(local_tq, tiny, "algorithm.adv_estimator=counterfactual")
+    with caplog.at_level("WARNING", logger="verl_credit.integration.stage_coverage"):
+        trainer._compute_advantage(batch, {})
+        trainer._compute_advantage(batch, {})  # the same step again: no second warning
+    warnings = [r.getMessage() for r in caplog.records if "credit.counterfactual: step" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    text = warnings[0]
+    assert "step 3 scored 5 of the 6 rollouts" in text and "keep weight 1 on every token" in text
+    assert "not scored: 1" in text and "no answer marker: 1" in text and "\n" not in text
+
+
+def test_coverage_reasons_name_cut_and_answerless_rollouts(tiny):
+    """All three reasons of the issue from explain's rules: no answer marker, cut at the limit, no span."""
+    _, tok = tiny
+    texts = ["the text just stops without", "First compute 12 * 7 = 84 and then", "#### 18"]
+    ids = [tok(t)["input_ids"] + ([tok.eos_token_id] if i != 1 else []) for i, t in enumerate(texts)]
+    T = max(len(r) for r in ids)
+    responses = torch.zeros(3, T, dtype=torch.long)
+    mask = torch.zeros(3, T)
+    for i, r in enumerate(ids):
+        responses[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    cov = stage_coverage.StageCoverage(
+        torch.ones(3, dtype=torch.bool), torch.tensor([False, False, True]), responses, mask
+    )
+    assert cov.metrics() == {
+        "counterfactual/rollouts_scored/count": 1.0,
+        "counterfactual/rollouts_scored/fraction": pytest.approx(1 / 3),
+    }
+    reasons = stage_coverage.coverage_reasons(tok, cov, CounterfactualConfig(), gold=False, max_new_tokens=len(ids[1]))
+    assert reasons["not scored"] == 2 and reasons["answer only"] == 1
+    assert reasons["no answer marker"] == 1
+    assert reasons[f"cut at the token limit ({len(ids[1])} new tokens, no eos): no answer marker"] == 1
+    assert any(k.startswith("no reasoning span before the answer") for k in reasons)
+    none_scored = stage_coverage.StageCoverage(
+        torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), responses, mask
+    )
+    assert (
+        none_scored.low
+        and not stage_coverage.StageCoverage(
+            torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), responses, mask
+        ).low
+    )  # nothing asked (all groups uniform): nothing to warn about

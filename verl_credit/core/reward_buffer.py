@@ -11,6 +11,7 @@ subclass loaded through verl's custom sampler hook) is ``verl_credit.integration
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -231,7 +232,7 @@ class RewardBalancedPool:
     def metrics(self) -> dict[str, float]:
         """Counters for ``credit/buffer/<name>``: this step's release and the running totals.
 
-        Totals are cumulative since the buffer was built (not saved in checkpoints)."""
+        Totals are cumulative over the run: they are saved in checkpoints (:meth:`state_dict`)."""
         waiting_rollouts = sum(r.size for r in self.waiting.values())
         out = {
             "waiting/groups": len(self.waiting),
@@ -246,6 +247,35 @@ class RewardBalancedPool:
         out["utilisation/share"] = self.released["rollouts"] / gen if gen else 0.0
         out.update(self.last_release)
         return out
+
+    # -- checkpoints
+    def state_dict(self) -> dict:
+        """The pool as plain JSON types: waiting groups (arrival order), running totals.
+
+        ``seen`` is saved as the waiting uids only: released and dropped groups are gone from storage,
+        so only a waiting group can be offered again (after a resume) and must not count twice."""
+        return {
+            "waiting": [dataclasses.asdict(r) for r in self.waiting.values()],
+            "generated": dict(self.generated),
+            "released": dict(self.released),
+            "dropped": {reason: dict(c) for reason, c in self.dropped.items()},
+            "forced_releases": self.forced_releases,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (ValueError naming the first missing or bad entry)."""
+        try:
+            waiting = [GroupRecord(**{k: r[k] for k in ("uid", "size", "positives", "step")}) for r in state["waiting"]]
+            totals = {name: Counter(state[name]) for name in ("generated", "released")}
+            dropped = {reason: Counter(state["dropped"].get(reason, {})) for reason in DROP_REASONS}
+            forced = int(state["forced_releases"])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"reward-balanced buffer state: missing or malformed entry {err}") from err
+        self.waiting = {r.uid: r for r in waiting}
+        self.seen = set(self.waiting)
+        self.generated, self.released = totals["generated"], totals["released"]
+        self.dropped, self.forced_releases = dropped, forced
+        self.last_release = {}
 
     def accounted(self) -> tuple[int, int]:
         """(generated rollouts, released + waiting + dropped rollouts): equal at all times."""

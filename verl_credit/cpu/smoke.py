@@ -29,7 +29,16 @@ from pathlib import Path
 
 from verl_credit.cpu import cpu_env
 
-__all__ = ["Workspace", "SmokeResult", "build_workspace", "smoke_overrides", "run", "add_arguments", "main"]
+__all__ = [
+    "Workspace",
+    "SmokeResult",
+    "build_workspace",
+    "smoke_overrides",
+    "run",
+    "step_summary",
+    "add_arguments",
+    "main",
+]
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -346,6 +355,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not echo verl's log")
 
 
+def step_summary(logged: list, total: int, returncode: int) -> tuple[bool, str]:
+    """Did the run do its steps? A run resumed from a checkpoint at step k logs steps k+1..total
+    (verl counts from the checkpoint), so the steps expected are those from the first logged one
+    to ``total``, contiguous. Returns (ok, "6 of 6 steps" or "steps 4-6 of 6 (resumed from step 3)")."""
+    steps = [int(s) for s in logged if s is not None]
+    if not steps:
+        return False, f"0 of {total} steps"
+    first = steps[0]
+    expected = list(range(first, total + 1))
+    ok = returncode == 0 and steps == expected
+    if first == 1:
+        return ok, f"{len(steps)} of {total} steps"
+    return ok, f"steps {first}-{steps[-1]} of {total} (resumed from step {first - 1}; {len(steps)} run)"
+
+
 def main(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.dp < 1:
         print("verl-credit smoke: error: --steps and --dp must be >= 1", file=sys.stderr)
@@ -362,9 +386,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"[smoke] step {record['step']}: step time {timing:.1f}s" if timing else f"[smoke] step {record['step']}")
         for key, value in credit.items():
             print(f"    {key} = {value:.6g}" if isinstance(value, float) else f"    {key} = {value}")
-    ok = result.returncode == 0 and len(result.steps) >= args.steps
+    ok, summary = step_summary([record.get("step") for record in result.steps], args.steps, result.returncode)
     print(
-        f"[smoke] {'OK' if ok else 'FAILED'}: {len(result.steps)} of {args.steps} steps in {result.wall_s:.0f}s "
+        f"[smoke] {'OK' if ok else 'FAILED'}: {summary} in {result.wall_s:.0f}s "
         f"(estimator {args.estimator}, dp {args.dp}); log: {ws.root / 'smoke.log'}"
     )
     if not ok and args.quiet:

@@ -3,7 +3,7 @@
     RewardBalancedReplayBuffer  -- a ``verl.trainer.ppo.v1.replay_buffer.ReplayBuffer`` subclass,
                                    loaded through verl's custom sampler hook
     RewardBalancedBufferMixin   -- ``_build_replay_buffer`` installs it when the option is on;
-                                   ``_load_checkpoint`` says that the buffer is not restored
+                                   ``_save_checkpoint`` / ``_load_checkpoint`` keep its groups
     install_reward_balanced_sampler(config, credit)
 
 How it is selected: with ``credit.batching.reward_balanced.enabled=true`` the plugin trainer sets
@@ -15,7 +15,8 @@ same class can be named by hand in a plain verl run (``sampler_kwargs`` then tak
 
 Each training step (``sample(partition_id="train")``):
     1. wait until no prompt of the partition is pending or running (this step's generation, as
-       verl's sync buffer does), read the rewards (``rm_scores``) of the groups that finished and
+       verl's sync buffer does), read the rewards (``rm_scores``) of the groups that finished (a
+       reward that is not a finite number stops the run, naming the rollout, uid and prompt) and
        add them to the pool (:class:`~verl_credit.core.reward_buffer.RewardBalancedPool`);
     2. the pool drops groups older than ``max_age`` and picks ``batch_size`` groups (oldest first)
        with rho <= positive share <= 1 - rho; when it cannot, the buffer calls verl's ``refill_fn``
@@ -33,9 +34,13 @@ rollout correction (``algorithm.rollout_correction.rollout_is``, which uses ``ro
 recorded at generation time) is on. ``max_age`` bounds the lag; ``credit/buffer/released_age/mean``
 reports it.
 
-Checkpoints: the buffer is not saved. verl's sync trainer does not checkpoint TransferQueue, so on
-resume the buffer starts empty and its counters at zero; groups that were waiting at the save are
-lost (their prompts count as consumed in the saved dataloader state). ``_load_checkpoint`` logs this.
+Checkpoints (:mod:`verl_credit.integration.buffer_state`): verl's sync trainer does not save
+TransferQueue, so ``_save_checkpoint`` writes the pool (waiting groups, running totals) to
+``global_step_<k>/credit_buffer.json`` and, when groups are waiting, TransferQueue itself (TQ's own
+``save_checkpoint``, as verl's async trainers do) to ``global_step_<k>/credit_transfer_queue``.
+``_load_checkpoint`` restores both, clears from TransferQueue every row that is not a waiting group
+(the batch trained at step k), and the waiting groups are released by later steps exactly as
+without the restart (their prompts count as consumed in the saved dataloader state).
 
 Metrics (``credit/buffer/*``, every step): waiting groups/rollouts, this step's released groups,
 rollouts, positive share and age (mean, max), ``forced_release/count``, and running totals of
@@ -46,8 +51,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 
+import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transfer_queue import KVBatchMeta
@@ -55,7 +62,10 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from verl_credit.core.batching import RewardBalancedConfig
 from verl_credit.core.reward_buffer import GroupRecord, RewardBalancedPool, fill_batch
+from verl_credit.core.reward_checks import check_rewards
 from verl_credit.integration.batching import PLUGIN_SAMPLER_NAME, PLUGIN_SAMPLER_PATH, check_sampler_free, row_uids
+from verl_credit.integration.buffer_state import load_buffer_state, resumed_folder, save_buffer_state
+from verl_credit.integration.reward_guard import prompt_text
 
 __all__ = ["RewardBalancedReplayBuffer", "RewardBalancedBufferMixin", "install_reward_balanced_sampler"]
 
@@ -149,8 +159,16 @@ class RewardBalancedReplayBuffer(ReplayBuffer):
                     "reward-balanced buffer: finished rollouts have no rm_scores; it needs rewards at sampling "
                     "time (rule-based reward or reward.reward_model.enable_resource_pool=true)"
                 )
-            for uid, value in zip(uids, list(data["rm_scores"]), strict=True):
-                scores[uid].append(float(value.sum()))
+            values = [value.sum() for value in list(data["rm_scores"])]
+            if values:
+                check_rewards(
+                    torch.stack(values),
+                    uids,
+                    "reward-balanced buffer",
+                    prompt_of=lambda b: prompt_text(rows[b], partition_id),
+                )
+            for uid, value in zip(uids, values, strict=True):
+                scores[uid].append(float(value))
         steps = self.prompt_global_steps[partition_id]
         first_seen = {uid: i for i, uid in reversed(list(enumerate(uids)))}
         for uid in sorted(terminal, key=lambda u: (steps.get(u, global_steps), first_seen.get(u, len(rows)))):
@@ -215,19 +233,20 @@ def install_reward_balanced_sampler(config, credit) -> None:
 
 
 class RewardBalancedBufferMixin:
-    """``_build_replay_buffer`` / ``_load_checkpoint`` for ``credit.batching.reward_balanced``."""
+    """``_build_replay_buffer``, ``_save_checkpoint``, ``_load_checkpoint`` for ``credit.batching.reward_balanced``."""
 
     def _build_replay_buffer(self):
         if self.credit_config.batching.reward_balanced.enabled:
             install_reward_balanced_sampler(self.config, self.credit_config)
         return super()._build_replay_buffer()
 
+    def _save_checkpoint(self):
+        if self.credit_config.batching.reward_balanced.enabled:  # before verl marks the checkpoint complete
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            save_buffer_state(self.replay_buffer, folder, self.global_steps)
+        super()._save_checkpoint()
+
     def _load_checkpoint(self):
         super()._load_checkpoint()
         if self.credit_config.batching.reward_balanced.enabled and self.global_steps > 0:
-            logger.warning(
-                "credit.batching.reward_balanced: resuming at step %d with an empty buffer. The buffer is not "
-                "saved in checkpoints (verl's sync trainer does not checkpoint TransferQueue): groups that were "
-                "waiting at the save are lost and the credit/buffer/*_total counters restart from 0",
-                self.global_steps,
-            )
+            load_buffer_state(self.replay_buffer, resumed_folder(self.config, self.global_steps), self.global_steps)

@@ -3,7 +3,8 @@
     _init_resource_pool_mgr  -- when a stage product is needed, the actor role runs
                                 ``CreditActorRolloutRefWorker`` instead of verl's worker.
     _compute_advantage       -- run the stage, then ``super()`` (the length reward, estimators and
-                                weights read its output).
+                                weights read its output); warns once per run when the stage scored
+                                few rollouts (``verl_credit.integration.stage_coverage``).
     stage_products(name, credit) -> {"counterfactual": CounterfactualConfig | None, "reference": VarianceParams | None}
     run_scoring_stage(batch, worker_group, products, span_params, temperature, metrics, every_group)
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import time
 
 import ray
+import torch
 import transfer_queue as tq
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
@@ -36,12 +38,13 @@ from verl.trainer.ppo.utils import Role
 
 from verl_credit.core.groups import contrast_rows, group_index_from_uids, multi_rollout_rows, sequence_scores
 from verl_credit.core.length_reward import resolve_scorer
+from verl_credit.integration.stage_coverage import StageCoverage, warn_low_coverage
 from verl_credit.integration.tq_io import fetch, stage_tensors, uid_column
 from verl_credit.integration.worker import STAGE_KEY, CreditActorRolloutRefWorker, config_dict, stage_input_fields
 from verl_credit.registry import get_estimator, list_estimators
 from verl_credit.scoring import duplicate_rows
 from verl_credit.spans import SpanParams, span_params_of
-from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage
+from verl_credit.weighting import STAGE_FIELDS, needs_scoring_stage, weighting_active
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 STAGE_TEMPERATURE = 1.0
@@ -86,8 +89,9 @@ def run_scoring_stage(
     temperature: float,
     metrics: dict,
     every_group: bool = False,
-) -> None:
-    """Ask the actor workers for the stage's products; results land in TransferQueue. ``span_params``
+) -> StageCoverage | None:
+    """Ask the actor workers for the stage's products; results land in TransferQueue; returns the
+    counterfactual product's :class:`StageCoverage` (None without it). ``span_params``
     (the run's ``credit.counterfactual``) drive answer detection for every product; ``every_group``
     as in :func:`scoring_requests`."""
     start = time.perf_counter()
@@ -134,17 +138,25 @@ def run_scoring_stage(
         tq.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(dense, batch_size=len(batch))
         )
+    coverage = None
+    if cf is not None:
+        scores = dense["credit_cf_scores"] if copies else out["credit_cf_scores"]
+        asked = cf_request.clone()
+        asked[list(copies)] = True
+        coverage = StageCoverage(asked, ~torch.isnan(scores[:, 0]), padded["responses"], padded["response_mask"])
     tokens = out["credit_stage_tokens"].sum(0)
     real = sum(not t.get("is_padding", False) for t in batch.tags)
     metrics["credit/stage/forward_tokens/count"] = float(tokens[0])
     metrics["credit/stage/forward_tokens_vs_naive/ratio"] = float(tokens[0]) / max(float(tokens[1]), 1.0)
     metrics["timing_s/credit_scoring_stage"] = time.perf_counter() - start
     if cf is not None:
-        metrics["credit/counterfactual/rollouts_scored/count"] = float(cf_request.sum())
+        metrics["credit/counterfactual/rollouts_requested/count"] = float(cf_request.sum())
+        metrics.update({f"credit/{k}": v for k, v in coverage.metrics().items()})
         metrics["credit/counterfactual/rollouts_skipped/count"] = float(real - int(cf_request.sum()))
         metrics["credit/counterfactual/duplicates_copied/count"] = float(len(copies))
     if ref is not None:
         metrics["credit/variance/rollouts_scored/count"] = float(ref_request.sum())
+    return coverage
 
 
 class ScoringStageMixin:
@@ -165,7 +177,7 @@ class ScoringStageMixin:
         if any(v is not None for v in products.values()):
             temperature = STAGE_TEMPERATURE
             credit = self.credit_config
-            run_scoring_stage(
+            coverage = run_scoring_stage(
                 batch,
                 self.actor_rollout_wg,
                 products,
@@ -174,4 +186,25 @@ class ScoringStageMixin:
                 metrics,
                 every_group=credit.length_reward.enabled,
             )
+            if coverage is not None and coverage.low and not self.__dict__.get("_credit_low_coverage_warned"):
+                self._credit_low_coverage_warned = True
+                self._warn_low_coverage(coverage)
         return super()._compute_advantage(batch, metrics)
+
+    def _warn_low_coverage(self, coverage: StageCoverage) -> str | None:
+        credit, name = self.credit_config, self.config.algorithm.adv_estimator
+        consumers = []
+        if weighting_active(name, credit.token_weighting):
+            base = "grpo" if name == "counterfactual" else name  # adv_estimator=counterfactual is weighted grpo
+            consumers.append(f"keep weight 1 on every token (their advantages are plain {base})")
+        if credit.length_reward.enabled:
+            consumers.append("count as all insignificant for the length reward's counterfactual scorer")
+        return warn_low_coverage(
+            coverage,
+            int(getattr(self, "global_steps", 0) or 0),
+            getattr(self, "tokenizer", None),
+            credit.counterfactual,
+            credit.counterfactual.answer_source == "gold",
+            self.config.data.get("max_response_length", None),
+            " and ".join(consumers) or "get no scores",
+        )

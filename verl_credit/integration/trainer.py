@@ -2,7 +2,8 @@
 
 Registered as trainer mode ``credit`` (``trainer.v1.trainer_mode=credit``; ``verl_credit.main_ppo``
 sets it). Each feature is a mixin in its own module that overrides one verl method and calls
-``super()``; the class below only lists them. ``ScoringStageMixin`` runs before
+``super()``; the class below only lists them. ``RewardGuardMixin`` checks every step's rewards
+(finite numbers; rollouts verl dropped) before any feature reads them. ``ScoringStageMixin`` runs before
 ``LengthRewardMixin`` (the length reward's ``counterfactual`` scorer reads the stage's output).
 ``PluginAdvantageMixin`` comes last: a plugin estimator name is computed by
 :func:`compute_plugin_advantage`, any other name (gae, grpo, ...) goes to verl unchanged.
@@ -33,6 +34,7 @@ from verl_credit.integration.batching import QueryPreservedBatchingMixin, check_
 from verl_credit.integration.buffer import RewardBalancedBufferMixin
 from verl_credit.integration.dump import AdvantageDumpMixin
 from verl_credit.integration.length_reward import LengthRewardMixin, validate_length_reward_run
+from verl_credit.integration.reward_guard import RewardGuardMixin
 from verl_credit.integration.scoring_stage import ScoringStageMixin
 from verl_credit.integration.token_filter import TokenFilterMixin, validate_token_filter_run
 from verl_credit.integration.token_flip import TokenFlipDiagnosticMixin
@@ -125,6 +127,7 @@ class PluginAdvantageMixin:
 class CreditPPOTrainer(
     AdvantageDumpMixin,
     TokenFilterMixin,
+    RewardGuardMixin,
     QueryPreservedBatchingMixin,
     RewardBalancedBufferMixin,
     TokenFlipDiagnosticMixin,
