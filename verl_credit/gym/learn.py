@@ -164,7 +164,8 @@ def train_one(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                history["pg_clipfrac/mean"].append(float(metrics["actor/pg_clipfrac"]))
+                if "actor/pg_clipfrac" in metrics:  # verl's kl_cov loss reports no clip fraction
+                    history["pg_clipfrac/mean"].append(float(metrics["actor/pg_clipfrac"]))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evaluate_at(step + 1)
             log(
