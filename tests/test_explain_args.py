@@ -88,7 +88,11 @@ def test_first_problem_past_the_end(capsys, no_model_load, problems_file):
 @pytest.mark.parametrize(
     "option, expected",
     [
-        (["--set", "ktae.alpah=2"], "--set: unknown config key credit.ktae.alpah; did you mean credit.ktae.alpha? Valid keys under credit.ktae:"),
+        (
+            ["--set", "ktae.alpah=2"],
+            "--set: unknown config key credit.ktae.alpah; did you mean credit.ktae.alpha? "
+            "Valid keys under credit.ktae:",
+        ),
         (["--set", "credit.counterfactual.conserve_gradient=maybe"], "--set: credit.counterfactual.conserve_gradient"),
         (["--set", "ktae.top"], "--set expects KEY=VALUE, got 'ktae.top'"),
         (["--set", "ktae.top=[1"], "--set 'ktae.top=[1': the value is not valid YAML"),
