@@ -104,3 +104,29 @@ def test_noise_compares_the_point_se_with_the_seed_spread():
     assert ends["noise"]["ok"] == (ends["noise"]["eval_se"] < ends["noise"]["seed_sd_auc"] / 4)
     big = endpoints(runs, held_out=100_000, eval_samples=64)["noise"]
     assert big["ok"]
+
+
+def test_noise_is_measured_from_the_replicate_evaluations_when_present():
+    """With replicates, eval_sd_auc = sqrt(mean e^2 / 2) over grpo's runs and decides `ok`; a replicate
+    drawn with a known evaluation SD sigma (same policy, fresh noise) recovers sigma."""
+    rng = np.random.default_rng(3)
+    sigma, seeds = 0.004, 400
+    runs = []
+    for s in range(seeds):
+        truth = 0.3 + rng.normal(0, 0.02) + np.array([0.0, 0.05, 0.08])  # the policy's pass@1 per step
+        run = _run("grpo", s, list(truth + rng.normal(0, sigma, 3)))
+        run["curve_replicate"] = list(zip((0, 10, 20), truth + rng.normal(0, sigma, 3), strict=True))
+        runs.append(run)
+    noise = endpoints(runs, held_out=128, eval_samples=4)["noise"]
+    e = [run_auc(r["curve"]) - run_auc(r["curve_replicate"]) for r in runs]
+    assert noise["eval_sd_auc"] == pytest.approx(math.sqrt(np.mean(np.square(e)) / 2))
+    # AUC weights over steps (0, 10, 20): 1/4, 1/2, 1/4 -> SD sigma * sqrt(1/16 + 1/4 + 1/16)
+    assert noise["eval_sd_auc"] == pytest.approx(sigma * math.sqrt(0.375), rel=0.1)
+    assert noise["replicates"] == seeds
+    assert noise["ok"] == (noise["eval_sd_auc"] < noise["seed_sd_auc"] / 4)
+    assert noise["ok"]  # 0.0024 against a seed SD of about 0.02
+    # the bound (binomial SE of a point, 0.02 here) would have failed the same runs
+    assert noise["eval_se"] > noise["seed_sd_auc"] / 4
+    without = endpoints([{k: v for k, v in r.items() if k != "curve_replicate"} for r in runs], 128, 4)["noise"]
+    assert without["eval_sd_auc"] is None and without["replicates"] == 0
+    assert without["ok"] == (without["eval_se"] < without["seed_sd_auc"] / 4)

@@ -108,6 +108,11 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     validity = result["validity"]
     assert validity["passed"] is False and validity["oracle_vs_grpo"]["passed"] is False  # one seed: no CI
     assert {"eval_se", "seed_sd_auc", "ok"} <= result["noise"].keys()
+    # the evaluation noise is measured: grpo (only) was evaluated again with another sampling seed
+    replicate = runs["grpo"]["curve_replicate"]
+    assert [s for s, _ in replicate] == [0, 2] and all(0 <= a <= 1 for _, a in replicate)
+    assert all(run["curve_replicate"] is None for name, run in runs.items() if name != "grpo")
+    assert result["noise"]["replicates"] == 1 and result["noise"]["eval_sd_auc"] >= 0
     assert "validity check: FAILED" in capsys.readouterr().out
     assert 0.0 <= result["warm_start"]["pass_rate"] <= 1.0
     table = (out / "results.md").read_text()

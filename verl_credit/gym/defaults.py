@@ -23,7 +23,8 @@ class LearnConfig:
     mini_batches (2), clip_ratio (0.2). eval_every: steps between held-out evaluations (10);
     eval_samples: samples per held-out problem (4). rho: reward-balanced share (0.25).
     train_prompts: None (a fresh prompt every time) or the size of a fixed training set visited in
-    epochs (prompts recur; >= prompts_per_step).
+    epochs (prompts recur; >= prompts_per_step). eval_replicate: evaluate grpo's runs a second time
+    with another sampling seed, to measure the evaluation noise (True; costs grpo one more evaluation).
     """
 
     steps: int = 60
@@ -38,6 +39,7 @@ class LearnConfig:
     eval_samples: int = 4
     rho: float = 0.25
     train_prompts: int | None = None
+    eval_replicate: bool = True
 
     def __post_init__(self):
         if self.train_prompts is not None and not (

@@ -22,7 +22,8 @@ One step (B = prompts_per_step x group_size rollouts):
        gradient norm clipped at 1;
     4. every ``eval_every`` steps: held-out accuracy = pass@1 at temperature 1 (``eval_samples``
        samples per problem, fixed seed), the quantity RL optimises, and the mean response length of
-       those samples (all, and correct ones); greedy accuracy and length at the end.
+       those samples (all, and correct ones); greedy accuracy and length at the end. ``grpo``'s runs are
+       evaluated a second time with another sampling seed (``eval_replicate``): the evaluation noise.
 Training prompts: a fresh stream (every prompt seen once, ``train_prompts=None``) or a fixed set
 of ``train_prompts`` problems visited in epochs, each epoch in a new seeded order (verl's
 shuffled dataloader), so that prompts recur and the length reward's first-seen anchors are reused.
@@ -50,6 +51,10 @@ from verl_credit.gym.task import Problem, TaskConfig, make_problems
 from verl_credit.registry import get_estimator
 
 __all__ = ["LearnConfig", "train_stream", "train_one", "summarize"]
+
+
+EVAL_SEED = 12_345  # every method and seed: the same held-out samples' seed (paired evaluation)
+EVAL_SEED_REPLICATE = 54_321  # the base method's second evaluation (measured evaluation noise)
 
 
 def train_stream(cfg: LearnConfig, per_step: int, seed: int, task_cfg: TaskConfig) -> list[Problem]:
@@ -83,7 +88,8 @@ def train_one(
 ):
     """One RL run from the warm start -> {"method", "seed", "curve": [(step, acc)], "final",
     "curve_length": [(step, mean length, mean length of correct)], "final_greedy",
-    "final_greedy_length", "seconds", "metrics", "paired"}.
+    "final_greedy_length", "seconds", "metrics", "paired", "curve_replicate"}; ``curve_replicate``
+    (grpo only, with ``cfg.eval_replicate``; else None): the same evaluations with a second sampling seed.
 
     Paired seeds: the training prompts, the sampling seeds, the mini-batch order and the evaluation
     seed depend on ``seed`` only, never on the method; ``paired`` holds SHA-1 digests of the run's
@@ -113,8 +119,17 @@ def train_one(
     length_reward = GymLengthReward(config, method.length_reward) if method.length_reward else None
     curve, curve_length = [], []
 
+    # the base method's runs are evaluated twice, with two sampling seeds: the spread of their AUCs is
+    # the evaluation noise, measured (``endpoints``: noise)
+    replicate = [] if cfg.eval_replicate and method.label == "grpo" else None
+
     def evaluate_at(step):
-        stats = evaluate_stats(model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=12_345)
+        if replicate is not None:  # first, so that the global RNG state after evaluating is every method's
+            again = evaluate_stats(
+                model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=EVAL_SEED_REPLICATE
+            )
+            replicate.append((step, again.accuracy))
+        stats = evaluate_stats(model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=EVAL_SEED)
         curve.append((step, stats.accuracy))
         curve_length.append((step, stats.length, stats.length_correct))
 
@@ -188,6 +203,7 @@ def train_one(
         "seconds": time.perf_counter() - start,
         "metrics": metrics_out,
         "paired": paired,
+        "curve_replicate": replicate,
     }
 
 

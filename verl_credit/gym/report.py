@@ -98,11 +98,18 @@ def _endpoint_table(result: dict) -> list[str]:
         verdict = "below" if noise["ok"] else "NOT below"
         if math.isnan(noise["seed_sd_auc"]):
             verdict = "no seed spread with one seed: cannot compare with"
+        size = f"{noise['held_out']} problems x {noise['eval_samples']} samples"
+        if noise.get("eval_sd_auc") is not None:
+            what = (
+                f"SD of grpo's AUC over two evaluation seeds {_fmt(noise['eval_sd_auc'], 4)} (measured,"
+                f" {noise['replicates']} runs; {size}; binomial SE of one point {_fmt(noise['eval_se'], 4)})"
+            )
+        else:
+            what = f"binomial SE of one evaluation point {_fmt(noise['eval_se'], 4)} ({size}; no replicates)"
         lines += [
             "",
-            f"Evaluation noise: binomial SE of one evaluation point {_fmt(noise['eval_se'], 4)}"
-            f" ({noise['held_out']} problems x {noise['eval_samples']} samples) vs SD over seeds of grpo's AUC"
-            f" {_fmt(noise['seed_sd_auc'], 4)}: {verdict} a quarter of the seed spread.",
+            f"Evaluation noise: {what} vs SD over seeds of grpo's AUC {_fmt(noise['seed_sd_auc'], 4)}:"
+            f" {verdict} a quarter of the seed spread.",
         ]
     return lines
 
