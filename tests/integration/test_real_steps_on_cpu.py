@@ -115,18 +115,6 @@ def _truths(ws, tok, prompts):
     return out
 
 
-def test_ktae_real_steps(ws, tmp_path, tiny):
-    result, dumps = _run(ws, tmp_path, "ktae")
-    _common_checks(result, "credit/ktae/", dumps)
-    params = KTAEParams().with_special_ids(special_token_ids(tiny[1]))
-    for d in dumps:
-        keep, responses, mask, scores, uids = _real(d)
-        expected, _ = ktae_advantages_loop(responses, mask, scores, uids, params)
-        torch.testing.assert_close(d["advantages"][keep].double(), expected.double(), rtol=1e-5, atol=1e-5)
-        assert (d["advantages"][keep] != d["advantages"][keep][:, :1] * mask).any()  # token-level
-        _check_padding_rows(d)
-
-
 def _counterfactual_expected(d, config):
     keep, responses, mask, scores, uids = _real(d)
     stage = {k: v[keep] for k, v in d["stage"].items()}
@@ -206,12 +194,54 @@ def _tree_layout_tokens(d) -> tuple[int, int]:
     return tree, naive
 
 
-def test_counterfactual_gold_answers_dp2_dynamic_batch(ws, tmp_path, tiny):
+# ----------------------------------------------------------------------------- the token filter with
+# verl's covariance losses: two runs cover kl_cov x {ktae with gold counterfactual weights} at dp 2 and
+# clip_cov x {a user's estimator} with loss_agg_mode=seq-mean-token-mean, each under the entropy filter
+FILTER_Q = 0.2
+
+
+def _check_filtered(result, dumps, unfiltered_fn, quantile=FILTER_Q):
+    """Each step's advantages equal the filter (threshold over the real rows of the whole step
+    batch, from the dumped ``entropy``) applied to the estimator's reference advantages; the
+    metrics are the filter's; the kept fraction is within 0.02 of the quantile. Returns the metrics."""
+    seen = []
+    for record, d in zip(result.steps, dumps, strict=True):
+        keep_rows, *_ = _real(d)
+        unfiltered, mask = unfiltered_fn(d)
+        entropy = d["entropy"][keep_rows].float()
+        keep, tau = high_entropy_mask_loop(entropy, mask, quantile)
+        expected = filter_advantages(unfiltered.double(), keep, mask, "all")
+        torch.testing.assert_close(d["advantages"][keep_rows].double(), expected, rtol=1e-5, atol=1e-5)
+        _check_padding_rows(d)
+        kept = record["credit/token_filter/kept_fraction"]
+        assert kept == pytest.approx(int(keep.sum()) / int(mask.sum())) and abs(kept - quantile) <= 0.02, kept
+        assert record["credit/token_filter/entropy_threshold"] == pytest.approx(float(tau), rel=1e-5)
+        valid = mask.bool()
+        mass = float(unfiltered.abs()[keep].sum() / unfiltered.abs()[valid].sum())
+        assert record["credit/token_filter/advantage_mass_kept"] == pytest.approx(mass, rel=1e-4)
+        assert record["credit/token_filter/entropy_kept/mean"] > record["credit/token_filter/entropy_dropped/mean"]
+        assert torch.isfinite(torch.tensor(record["actor/pg_loss"]))
+        seen.append(
+            {k.split("/", 2)[2]: round(v, 4) for k, v in record.items() if k.startswith("credit/token_filter/")}
+        )
+    print("token filter metrics per step:", seen)
+    return seen
+
+
+def test_ktae_with_gold_counterfactual_weights_filter_and_kl_cov_dp2_dynamic_batch(ws, tmp_path, tiny):
+    """One run covers: KTAE's token-level advantages (the loop reference), counterfactual token weights
+    with gold answers on top of it, the high-entropy filter after both (one threshold over the whole
+    step batch at dp 2: the driver filters before the batch is cut into the ranks' shards), verl's
+    ``kl_cov`` loss, the stage's scores in verl's FSDP engine against a plain forward, uneven stage
+    work across ranks under a dynamic token budget, and tree scoring's token count."""
     result, dumps = _run(
         ws,
         tmp_path,
-        "counterfactual",
-        "credit.counterfactual.answer_source=gold",
+        "ktae",
+        "credit.token_weighting=counterfactual",
+        "credit.counterfactual.answer_source=gold",  # every scored rollout has an answer: weights != 1
+        f"credit.token_filter.entropy_quantile={FILTER_Q}",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=kl_cov",
         "actor_rollout_ref.rollout.temperature=1.3",  # mixed groups; the stage scores at temperature 1 regardless
         "reward.custom_reward_function.name=compute_score_uneven",  # skipped groups: uneven stage work
         # a token budget of about one scoring sequence per micro-batch: verl then needs as many
@@ -221,13 +251,24 @@ def test_counterfactual_gold_answers_dp2_dynamic_batch(ws, tmp_path, tiny):
         dp=2,
         steps=3,
     )
-    _common_checks(result, "credit/counterfactual/", dumps)
+    _common_checks(result, "credit/ktae/", dumps)
+    assert all(any(k.startswith("credit/counterfactual/") for k in r) for r in result.steps)
+    params = KTAEParams().with_special_ids(special_token_ids(tiny[1]))
     config = CounterfactualConfig(answer_source="gold")
-    for d in dumps:
-        keep, expected, w, mask = _counterfactual_expected(d, config)
-        torch.testing.assert_close(d["advantages"][keep].double(), expected.double(), rtol=1e-5, atol=1e-5)
-        _check_padding_rows(d)
-    assert any((w[mask.bool()] != 1).any() for w in [_counterfactual_expected(d, config)[2] for d in dumps])
+
+    token_level = []
+
+    def unfiltered(d):
+        _, responses, mask, scores, uids = _real(d)
+        ktae, _ = ktae_advantages_loop(responses, mask, scores, uids, params)
+        token_level.append(bool((ktae != ktae[:, :1] * mask).any()))  # before any weight
+        _, _, w, _ = _counterfactual_expected(d, config)
+        return ktae.double() * w.double(), mask
+
+    _check_filtered(result, dumps, unfiltered)
+    assert any(token_level), "KTAE gave one value per rollout in every step"
+    weights = [_counterfactual_expected(d, config)[2:] for d in dumps]
+    assert any((w[m.bool()] != 1).any() for w, m in weights), "no token was weighted"
     _check_stage_scores(ws, dumps, tiny, config)
     # the ranks had different amounts of work, and the engine still ran (equal padded counts)
     assert any(len(set(_shard_work(d, 2))) > 1 for d in dumps), [_shard_work(d, 2) for d in dumps]
@@ -273,7 +314,7 @@ def test_variance_weighted_real_steps(ws, tmp_path, tiny):
     # dp 2 with a token budget of about one sequence per micro-batch: verl's engine (one forward per
     # sequence, the reference product) needs equal padded counts on both ranks
     result, dumps = _run(
-        ws, tmp_path, "variance_weighted", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=96", dp=2
+        ws, tmp_path, "variance_weighted", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=96", dp=2, steps=1
     )
     _common_checks(result, "credit/variance/", dumps)
     params = VarianceParams()
@@ -331,107 +372,6 @@ def test_combined_features_real_steps(ws, tmp_path, tiny):
     assert _check_stage_scores_of_step(ws, dumps[0], tiny, CounterfactualConfig()) > 0
 
 
-# ----------------------------------------------------------------------------- the token filter with
-# verl's covariance losses: three runs cover clip_cov x {grpo, counterfactual} and kl_cov x {ktae with
-# counterfactual weights}, each under the entropy filter; one with loss_agg_mode=seq-mean-token-mean, one at dp 2
-FILTER_Q = 0.2
-
-
-def _check_filtered(result, dumps, unfiltered_fn, quantile=FILTER_Q):
-    """Each step's advantages equal the filter (threshold over the real rows of the whole step
-    batch, from the dumped ``entropy``) applied to the estimator's reference advantages; the
-    metrics are the filter's; the kept fraction is within 0.02 of the quantile. Returns the metrics."""
-    seen = []
-    for record, d in zip(result.steps, dumps, strict=True):
-        keep_rows, *_ = _real(d)
-        unfiltered, mask = unfiltered_fn(d)
-        entropy = d["entropy"][keep_rows].float()
-        keep, tau = high_entropy_mask_loop(entropy, mask, quantile)
-        expected = filter_advantages(unfiltered.double(), keep, mask, "all")
-        torch.testing.assert_close(d["advantages"][keep_rows].double(), expected, rtol=1e-5, atol=1e-5)
-        _check_padding_rows(d)
-        kept = record["credit/token_filter/kept_fraction"]
-        assert kept == pytest.approx(int(keep.sum()) / int(mask.sum())) and abs(kept - quantile) <= 0.02, kept
-        assert record["credit/token_filter/entropy_threshold"] == pytest.approx(float(tau), rel=1e-5)
-        valid = mask.bool()
-        mass = float(unfiltered.abs()[keep].sum() / unfiltered.abs()[valid].sum())
-        assert record["credit/token_filter/advantage_mass_kept"] == pytest.approx(mass, rel=1e-4)
-        assert record["credit/token_filter/entropy_kept/mean"] > record["credit/token_filter/entropy_dropped/mean"]
-        assert torch.isfinite(torch.tensor(record["actor/pg_loss"]))
-        seen.append(
-            {k.split("/", 2)[2]: round(v, 4) for k, v in record.items() if k.startswith("credit/token_filter/")}
-        )
-    print("token filter metrics per step:", seen)
-    return seen
-
-
-def _grpo_unfiltered(d):
-    _, _, mask, scores, uids = _real(d)
-    return group_outcome_advantage_loop(scores, uids)[:, None] * mask, mask
-
-
-def test_filter_over_grpo_with_clip_cov_and_seq_mean_token_mean(ws, tmp_path):
-    result, dumps = _run(
-        ws,
-        tmp_path,
-        "grpo",
-        f"credit.token_filter.entropy_quantile={FILTER_Q}",
-        "actor_rollout_ref.actor.policy_loss.loss_mode=clip_cov",
-        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
-    )
-    _common_checks(result, "credit/token_filter/", dumps)
-    _check_filtered(result, dumps, _grpo_unfiltered)
-
-
-def test_filter_over_counterfactual_with_clip_cov(ws, tmp_path):
-    result, dumps = _run(
-        ws,
-        tmp_path,
-        "counterfactual",
-        "credit.counterfactual.answer_source=gold",  # every scored rollout has an answer: weights != 1
-        f"credit.token_filter.entropy_quantile={FILTER_Q}",
-        "actor_rollout_ref.actor.policy_loss.loss_mode=clip_cov",
-    )
-    _common_checks(result, "credit/counterfactual/", dumps)
-    config = CounterfactualConfig(answer_source="gold")
-
-    def unfiltered(d):
-        _, expected, _, mask = _counterfactual_expected(d, config)
-        return expected, mask
-
-    _check_filtered(result, dumps, unfiltered)
-    weights = [_counterfactual_expected(d, config)[2:] for d in dumps]
-    assert any((w[m.bool()] != 1).any() for w, m in weights), "no token was weighted"
-
-
-def test_filter_over_ktae_with_counterfactual_weights_and_kl_cov_dp2(ws, tmp_path, tiny):
-    # dp 2: the driver filters the whole step batch before it is cut into the two ranks' shards, so
-    # the reference threshold over every real row of the dump must match what both ranks trained on
-    result, dumps = _run(
-        ws,
-        tmp_path,
-        "ktae",
-        "credit.token_weighting=counterfactual",
-        "credit.counterfactual.answer_source=gold",
-        f"credit.token_filter.entropy_quantile={FILTER_Q}",
-        "actor_rollout_ref.actor.policy_loss.loss_mode=kl_cov",
-        dp=2,
-    )
-    _common_checks(result, "credit/ktae/", dumps)
-    params = KTAEParams().with_special_ids(special_token_ids(tiny[1]))
-    config = CounterfactualConfig(answer_source="gold")
-
-    def unfiltered(d):
-        _, responses, mask, scores, uids = _real(d)
-        ktae, _ = ktae_advantages_loop(responses, mask, scores, uids, params)
-        _, _, w, _ = _counterfactual_expected(d, config)
-        return ktae.double() * w.double(), mask
-
-    _check_filtered(result, dumps, unfiltered)
-    weights = [_counterfactual_expected(d, config)[2:] for d in dumps]
-    assert any((w[m.bool()] != 1).any() for w, m in weights), "no token was weighted"
-
-
 USER_MODULE = '''
 import torch
 from verl_credit import CreditOutput, register_estimator
@@ -448,19 +388,32 @@ def smoke_user_position(batch, ctx):
 '''
 
 
-def test_user_estimator_through_import(ws, tmp_path, monkeypatch):
+def test_user_estimator_through_import_with_filter_clip_cov_and_seq_mean_token_mean(ws, tmp_path, monkeypatch):
+    """A user's estimator registered through ``credit.import_modules``, the entropy filter after it,
+    verl's ``clip_cov`` loss and ``loss_agg_mode=seq-mean-token-mean``."""
     folder = tmp_path / "user"
     folder.mkdir()
     (folder / "smoke_user_est.py").write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.setenv("PYTHONPATH", f"{folder}:{__import__('os').environ.get('PYTHONPATH', '')}")
-    result, dumps = _run(ws, tmp_path, "smoke_user_position", imports=("smoke_user_est",), steps=1)
-    for d in dumps:
-        keep, _, mask, scores, uids = _real(d)
+    result, dumps = _run(
+        ws,
+        tmp_path,
+        "smoke_user_position",
+        f"credit.token_filter.entropy_quantile={FILTER_Q}",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=clip_cov",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+        imports=("smoke_user_est",),
+        steps=1,
+    )
+
+    def unfiltered(d):
+        _, _, mask, scores, uids = _real(d)
         T = mask.shape[1]
         ramp = 1.0 + torch.arange(T, dtype=torch.float64) / T
-        expected = group_outcome_advantage_loop(scores, uids)[:, None] * ramp * mask
-        torch.testing.assert_close(d["advantages"][keep].double(), expected, rtol=1e-5, atol=1e-5)
-    _common_checks(result, None, dumps)
+        return group_outcome_advantage_loop(scores, uids)[:, None] * ramp * mask, mask
+
+    _check_filtered(result, dumps, unfiltered)
+    _common_checks(result, "credit/token_filter/", dumps)
 
 
 def test_broken_config_fails_before_ray(ws, tmp_path):
