@@ -226,7 +226,11 @@ def _check_filtered(result, dumps, unfiltered_fn, quantile=FILTER_Q):
         assert record["credit/token_filter/entropy_kept/mean"] > record["credit/token_filter/entropy_dropped/mean"]
         assert torch.isfinite(torch.tensor(record["actor/pg_loss"]))
         seen.append(
-            {k.split("/", 2)[2]: round(v, 4) for k, v in record.items() if k.startswith("credit/token_filter/")}
+            {
+                k.split("/", 2)[2]: None if v is None else round(v, 4)
+                for k, v in record.items()
+                if k.startswith("credit/token_filter/")
+            }
         )
     print("token filter metrics per step:", seen)
     return seen
