@@ -43,6 +43,7 @@ from verl_credit.config import CreditConfig
 from verl_credit.core.reward_buffer import select_balanced_groups
 from verl_credit.gym.compose import policy_loss
 from verl_credit.gym.defaults import LearnConfig
+from verl_credit.gym.endpoints import BASE
 from verl_credit.gym.length_reward import GymLengthReward
 from verl_credit.gym.methods import PEERS
 from verl_credit.gym.model import load_policy, response_logprobs, response_stats
@@ -120,16 +121,16 @@ def train_one(
     curve, curve_length = [], []
 
     # the base method's runs are evaluated twice, with two sampling seeds: the spread of their AUCs is
-    # the evaluation noise, measured (``endpoints``: noise)
-    replicate = [] if cfg.eval_replicate and method.label == "grpo" else None
+    # the evaluation noise, measured (``endpoints.eval_sd_auc``)
+    replicate = [] if cfg.eval_replicate and method.label == BASE else None
+
+    def held_out_stats(eval_seed):
+        return evaluate_stats(model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=eval_seed)
 
     def evaluate_at(step):
         if replicate is not None:  # first, so that the global RNG state after evaluating is every method's
-            again = evaluate_stats(
-                model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=EVAL_SEED_REPLICATE
-            )
-            replicate.append((step, again.accuracy))
-        stats = evaluate_stats(model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=EVAL_SEED)
+            replicate.append((step, held_out_stats(EVAL_SEED_REPLICATE).accuracy))
+        stats = held_out_stats(EVAL_SEED)
         curve.append((step, stats.accuracy))
         curve_length.append((step, stats.length, stats.length_correct))
 
