@@ -130,3 +130,76 @@ def test_noise_is_measured_from_the_replicate_evaluations_when_present():
     without = endpoints([{k: v for k, v in r.items() if k != "curve_replicate"} for r in runs], 128, 4)["noise"]
     assert without["eval_sd_auc"] is None and without["replicates"] == 0
     assert without["ok"] == (without["eval_se"] < without["seed_sd_auc"] / 4)
+
+
+def _replicated(method, seed, truth, sigma, rng, common=None):
+    """A run of ``method`` whose policy has pass@1 ``truth`` per step, evaluated twice with eval noise
+    ``sigma`` (``common``: the two evaluations' noise draws, shared with another method)."""
+    e1, e2 = common if common is not None else (rng.normal(0, sigma, 3), rng.normal(0, sigma, 3))
+    run = _run(method, seed, list(truth + e1))
+    run["curve_replicate"] = list(zip((0, 10, 20), truth + e2, strict=True))
+    return run
+
+
+def test_paired_noise_is_measured_on_the_difference_and_common_noise_cancels():
+    """eval_sd_paired = sqrt(mean ((d - d'))^2 / 2): independent evaluation noise sigma on both methods
+    gives sqrt(2) sigma sqrt(0.375); noise shared by both (common random numbers) cancels to 0."""
+    rng = np.random.default_rng(5)
+    sigma, tau, seeds = 0.004, 0.01, 400
+    indep, common = [], []
+    for s in range(seeds):
+        truth = 0.3 + rng.normal(0, 0.02) + np.array([0.0, 0.05, 0.08])
+        gain = np.array([0.0, 1.0, 1.0]) * (0.03 + rng.normal(0, tau))  # the oracle's training spread
+        indep += [_replicated("grpo", s, truth, sigma, rng), _replicated("oracle", s, truth + gain, sigma, rng)]
+        shared = (rng.normal(0, sigma, 3), rng.normal(0, sigma, 3))
+        common += [
+            _replicated("grpo", s, truth, sigma, rng, shared),
+            _replicated("oracle", s, truth + gain, sigma, rng, shared),
+        ]
+    noise = endpoints(indep, held_out=128, eval_samples=4)["noise"]
+    pair = noise["paired"]
+    e = []
+    for s in range(seeds):
+        g, o = indep[2 * s], indep[2 * s + 1]
+        e.append(
+            (run_auc(o["curve"]) - run_auc(g["curve"]))
+            - (run_auc(o["curve_replicate"]) - run_auc(g["curve_replicate"]))
+        )
+    assert pair["eval_sd"] == pytest.approx(math.sqrt(np.mean(np.square(e)) / 2))
+    assert pair["eval_sd"] == pytest.approx(math.sqrt(2 * 0.375) * sigma, rel=0.1)
+    assert pair["method"] == "oracle" and pair["replicates"] == seeds
+    # seed spread of d: training (tau on the last two points: AUC weight 3/4) and evaluation
+    d = np.array(list(paired(indep, "oracle")["per_seed"].values()))
+    assert pair["seed_sd"] == pytest.approx(d.std(ddof=1))
+    assert pair["seed_sd"] == pytest.approx(math.sqrt((0.75 * tau) ** 2 + 0.75 * sigma**2), rel=0.1)
+    assert pair["ok"] == (pair["eval_sd"] < pair["seed_sd"] / 4)
+    assert noise["ok"] == (noise["level_ok"] and pair["ok"])
+    assert endpoints(common, 128, 4)["noise"]["paired"]["eval_sd"] == pytest.approx(0.0, abs=1e-12)
+    # without the oracle's replicates no paired noise is measured; the level check decides alone
+    grpo_only = [r if r["method"] == "grpo" else {k: v for k, v in r.items() if k != "curve_replicate"} for r in indep]
+    alone = endpoints(grpo_only, 128, 4)["noise"]
+    assert alone["paired"] is None and alone["ok"] == alone["level_ok"]
+
+
+@pytest.mark.parametrize(("sigma", "tau"), [(0.006, 0.004), (0.002, 0.02)])
+def test_samples_factor_meets_the_bar_when_applied(sigma, tau):
+    """samples_factor F = 15 eval_sd^2 / (seed_sd^2 - eval_sd^2): evaluating with F times the samples
+    (noise sigma / sqrt(F)) puts the measured evaluation noise at a quarter of the seed spread."""
+    rng = np.random.default_rng(7)
+    seeds = 2000
+
+    def runs_with(s_eval):
+        out = []
+        for s in range(seeds):
+            truth = 0.3 + rng.normal(0, tau) + np.array([0.0, 0.0, 0.0])
+            out.append(_replicated("grpo", s, truth, s_eval, rng))
+        return out
+
+    noise = endpoints(runs_with(sigma), 128, 4)["noise"]
+    expected = 15 * noise["eval_sd_auc"] ** 2 / (noise["seed_sd_auc"] ** 2 - noise["eval_sd_auc"] ** 2)
+    assert noise["samples_factor"] == pytest.approx(expected)
+    # the model's own value: eval SD of an AUC over (0, 10, 20) = sigma sqrt(0.375)
+    assert noise["samples_factor"] == pytest.approx(15 * 0.375 * sigma**2 / tau**2, rel=0.15)
+    assert noise["level_ok"] == (noise["samples_factor"] < 1)
+    after = endpoints(runs_with(sigma / math.sqrt(noise["samples_factor"])), 128, 4)["noise"]
+    assert after["ratio"] == pytest.approx(0.25, rel=0.1)

@@ -108,11 +108,16 @@ def test_quick_gym_runs_end_to_end(tmp_path, capsys):
     validity = result["validity"]
     assert validity["passed"] is False and validity["oracle_vs_grpo"]["passed"] is False  # one seed: no CI
     assert {"eval_se", "seed_sd_auc", "ok"} <= result["noise"].keys()
-    # the evaluation noise is measured: grpo (only) was evaluated again with another sampling seed
-    replicate = runs["grpo"]["curve_replicate"]
-    assert [s for s, _ in replicate] == [0, 2] and all(0 <= a <= 1 for _, a in replicate)
-    assert all(run["curve_replicate"] is None for name, run in runs.items() if name != "grpo")
-    assert result["noise"]["replicates"] == 1 and result["noise"]["eval_sd_auc"] >= 0
+    # the evaluation noise is measured: grpo and the oracle (only) were evaluated again with other
+    # sampling seeds; at step 0 (the warm start for every method) both see the same samples
+    for name in ("grpo", "oracle"):
+        replicate = runs[name]["curve_replicate"]
+        assert [s for s, _ in replicate] == [0, 2] and all(0 <= a <= 1 for _, a in replicate)
+    assert runs["grpo"]["curve_replicate"][0] == runs["oracle"]["curve_replicate"][0]
+    assert all(run["curve_replicate"] is None for name, run in runs.items() if name not in ("grpo", "oracle"))
+    noise = result["noise"]
+    assert noise["replicates"] == 1 and noise["eval_sd_auc"] >= 0
+    assert noise["paired"]["replicates"] == 1 and noise["paired"]["eval_sd"] >= 0
     assert "validity check: FAILED" in capsys.readouterr().out
     assert 0.0 <= result["warm_start"]["pass_rate"] <= 1.0
     table = (out / "results.md").read_text()

@@ -283,7 +283,7 @@ def run(args) -> dict:
     from verl_credit.gym.endpoints import endpoints, validity_line
     from verl_credit.gym.learn import summarize
     from verl_credit.gym.model import load_policy, warm_start
-    from verl_credit.gym.report import write_report
+    from verl_credit.gym.report import noise_lines, write_report
     from verl_credit.gym.rollout import parse_method, sample
     from verl_credit.gym.task import make_problems
 
@@ -372,4 +372,6 @@ def run(args) -> dict:
     print(f"gym: wrote {', '.join(str(p) for p in paths)} in {result['seconds']:.0f} s")
     if ends:
         print(validity_line(ends["validity"]))
+        if ends["noise"]:
+            print("\n".join(noise_lines(ends["noise"])))
     return result

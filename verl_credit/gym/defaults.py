@@ -23,8 +23,9 @@ class LearnConfig:
     mini_batches (2), clip_ratio (0.2). eval_every: steps between held-out evaluations (10);
     eval_samples: samples per held-out problem (4). rho: reward-balanced share (0.25).
     train_prompts: None (a fresh prompt every time) or the size of a fixed training set visited in
-    epochs (prompts recur; >= prompts_per_step). eval_replicate: evaluate grpo's runs a second time
-    with another sampling seed, to measure the evaluation noise (True; costs grpo one more evaluation).
+    epochs (prompts recur; >= prompts_per_step). eval_replicate: evaluate grpo's and the oracle's runs
+    a second time with other sampling seeds, to measure the evaluation noise of an AUC and of the paired
+    difference oracle - grpo (True; costs those runs one more evaluation per evaluated step).
     """
 
     steps: int = 60

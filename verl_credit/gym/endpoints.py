@@ -7,7 +7,8 @@ Public API:
     paired(runs, method, base, key) -> dict       -- per-seed differences method - base, mean, ci.
     efficiency(runs, method, n_boot, seed) -> dict  -- (method - grpo) / (oracle - grpo) on AUC.
     endpoints(runs, held_out, eval_samples) -> dict -- everything above for every method in ``runs``.
-    eval_sd_auc(runs) -> float | None             -- the measured evaluation noise of an AUC (grpo replicates).
+    eval_sd_auc(runs, method) -> float | None     -- the measured evaluation noise of an AUC (replicates).
+    eval_sd_paired(runs, method, base) -> float | None  -- the same for a paired AUC difference.
     validity_line(validity) -> str                -- "validity check: PASSED/FAILED ...".
 
 Definitions (S seeds; methods are paired by seed: same training prompts, warm start, sampling seeds):
@@ -20,15 +21,22 @@ Definitions (S seeds; methods are paired by seed: same training prompts, warm st
     validity: oracle_vs_grpo = AUC(oracle) - AUC(grpo), passed when the 95% CI excludes 0 (low > 0)
         and the mean >= ``MIN_HEADROOM`` (0.03); grpo_vs_anti_oracle = AUC(grpo) - AUC(anti_oracle),
         passed when low > 0. ``passed`` overall = both. Missing methods: None entries, passed False.
-    noise: the evaluation noise of a run's AUC against the seed spread. Measured: every grpo run is
-        evaluated twice at every evaluated step, with two sampling seeds (``curve`` and ``curve_replicate``,
-        same policy), so e_s = AUC_s - AUC'_s has variance 2 sigma_eval^2 and
+    noise: the evaluation noise of a run's AUC against the seed spread. Measured: every grpo and oracle
+        run is evaluated twice at every evaluated step, with two sampling seeds (``curve`` and
+        ``curve_replicate``, same policy), so e_s = AUC_s - AUC'_s has variance 2 sigma_eval^2 and
         eval_sd_auc = sqrt(mean_s e_s^2 / 2) (mean 0 by construction, S degrees of freedom). Bound, for
         reference: eval_se = sqrt(p (1 - p) / (N k)), the binomial SE of one evaluation point (N held-out
         problems x k samples, p = grpo's mean AUC). seed_sd = SD over seeds of grpo's AUC (it contains the
-        evaluation noise). ok when the measured eval_sd_auc < seed_sd / 4 (the issue's bar: evaluation
-        noise below a quarter of the seed spread); without replicates (``eval_replicate`` off, runs from
-        an older results.json) the bound stands in for it.
+        evaluation noise). level_ok when the measured eval_sd_auc < seed_sd / 4 (the issue's bar:
+        evaluation noise below a quarter of the seed spread); without replicates (``eval_replicate`` off,
+        runs from an older results.json) the bound stands in for it. ``paired``: the same for the paired
+        difference d_s = AUC(oracle, s) - AUC(grpo, s), the quantity every endpoint is (eval_sd from
+        e_s = d_s - d'_s, both methods evaluated with the same sampling seeds; seed_sd = SD over seeds of
+        d_s); ok = level_ok and paired ok (when measured). samples_factor: the evaluation noise falls as
+        1/sqrt(samples), and the training part of the seed spread is tau^2 = seed_sd^2 - eval_sd^2, so the
+        bar (sigma < sqrt(tau^2 + sigma^2) / 4, i.e. sigma^2 < tau^2 / 15) needs about
+        15 eval_sd^2 / tau^2 times the evaluation samples (below 1: fewer would do; NaN when
+        tau^2 <= 0: the seed spread does not resolve any training spread).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ __all__ = [
     "paired",
     "efficiency",
     "eval_sd_auc",
+    "eval_sd_paired",
     "endpoints",
     "validity_line",
 ]
@@ -117,17 +126,49 @@ def efficiency(runs: list[dict], method: str, n_boot: int = 2000, seed: int = 0)
     return {"value": value, "ci": [low, high], "boot_used": used}
 
 
-def eval_sd_auc(runs: list[dict]) -> float | None:
-    """sqrt(mean_s (AUC_s - AUC'_s)^2 / 2) over grpo's runs evaluated twice (``curve_replicate``): the
-    measured SD of a run's AUC over evaluation sampling seeds; None when no run has a replicate."""
-    e = [
-        run_auc(r["curve"]) - run_auc(r["curve_replicate"])
+def _replicated_aucs(runs: list[dict], method: str) -> dict[int, tuple[float, float]]:
+    """{seed: (AUC, AUC')} of ``method``'s runs evaluated twice (``curve`` and ``curve_replicate``)."""
+    return {
+        r["seed"]: (run_auc(r["curve"]), run_auc(r["curve_replicate"]))
         for r in runs
-        if r["method"] == BASE and r.get("curve_replicate")
-    ]
-    if not e:
+        if r["method"] == method and r.get("curve_replicate")
+    }
+
+
+def eval_sd_auc(runs: list[dict], method: str = BASE) -> float | None:
+    """sqrt(mean_s (AUC_s - AUC'_s)^2 / 2) over ``method``'s runs evaluated twice (``curve_replicate``):
+    the measured SD of a run's AUC over evaluation sampling seeds; None when no run has a replicate."""
+    pairs = _replicated_aucs(runs, method)
+    if not pairs:
         return None
+    return float(math.sqrt(np.mean([(a - b) ** 2 for a, b in pairs.values()]) / 2))
+
+
+def eval_sd_paired(runs: list[dict], method: str = "oracle", base: str = BASE) -> float | None:
+    """sqrt(mean_s ((A_s - B_s) - (A'_s - B'_s))^2 / 2) over the seeds where both ``method`` (A) and
+    ``base`` (B) were evaluated twice: the measured SD over evaluation seeds of a paired AUC difference
+    (both methods evaluated with the same sampling seed, so that common noise cancels); None without."""
+    a, b = _replicated_aucs(runs, method), _replicated_aucs(runs, base)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    e = [(a[s][0] - b[s][0]) - (a[s][1] - b[s][1]) for s in seeds]
     return float(math.sqrt(np.mean(np.square(e)) / 2))
+
+
+def _noise_check(eval_sd: float, values: list[float]) -> dict:
+    """eval_sd against the SD over seeds of ``values`` (which contains it): ratio, ok (< 1/4) and the
+    factor on the evaluation samples that would meet the bar (see the module docstring)."""
+    seed_sd = float(np.std(values, ddof=1)) if len(values) >= 2 else float("nan")
+    ratio = eval_sd / seed_sd if seed_sd and not math.isnan(seed_sd) else float("nan")
+    train_var = seed_sd**2 - eval_sd**2
+    factor = 15 * eval_sd**2 / train_var if train_var > 0 else float("nan")
+    return {
+        "seed_sd": seed_sd,
+        "ratio": ratio,
+        "ok": bool(not math.isnan(seed_sd) and eval_sd < seed_sd / 4),
+        "samples_factor": factor,
+    }
 
 
 def _check(d: dict | None, min_mean: float) -> dict | None:
@@ -167,17 +208,25 @@ def endpoints(runs: list[dict], held_out: int, eval_samples: int) -> dict:
     if BASE in names:
         p = methods[BASE]["auc"]["mean"]
         eval_se = math.sqrt(max(p * (1 - p), 0.0) / max(held_out * eval_samples, 1))
-        aucs = list(_per_seed(runs, BASE, "auc").values())
-        seed_sd = float(np.std(aucs, ddof=1)) if len(aucs) >= 2 else float("nan")
         eval_sd = eval_sd_auc(runs)
-        noise_value = eval_se if eval_sd is None else eval_sd
+        level = _noise_check(eval_se if eval_sd is None else eval_sd, list(_per_seed(runs, BASE, "auc").values()))
+        d = paired(runs, "oracle", BASE, "auc") if "oracle" in names else None
+        eval_sd_d = eval_sd_paired(runs)
+        pair = None
+        if d is not None and eval_sd_d is not None:
+            pair = {"method": "oracle", "eval_sd": eval_sd_d}
+            pair.update(_noise_check(eval_sd_d, list(d["per_seed"].values())))
+            pair["replicates"] = len(set(_replicated_aucs(runs, "oracle")) & set(_replicated_aucs(runs, BASE)))
         noise = {
             "eval_se": eval_se,
             "eval_sd_auc": eval_sd,
-            "replicates": sum(1 for r in runs if r["method"] == BASE and r.get("curve_replicate")),
-            "seed_sd_auc": seed_sd,
-            "ratio": noise_value / seed_sd if seed_sd and not math.isnan(seed_sd) else float("nan"),
-            "ok": bool(not math.isnan(seed_sd) and noise_value < seed_sd / 4),
+            "replicates": len(_replicated_aucs(runs, BASE)),
+            "seed_sd_auc": level["seed_sd"],
+            "ratio": level["ratio"],
+            "samples_factor": level["samples_factor"],
+            "level_ok": level["ok"],
+            "paired": pair,
+            "ok": bool(level["ok"] and (pair is None or pair["ok"])),
             "held_out": held_out,
             "eval_samples": eval_samples,
         }

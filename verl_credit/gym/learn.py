@@ -21,9 +21,10 @@ One step (B = prompts_per_step x group_size rollouts):
        (clipped PPO, dual clip; it aggregates with verl's ``agg_loss``, "token-mean"), AdamW,
        gradient norm clipped at 1;
     4. every ``eval_every`` steps: held-out accuracy = pass@1 at temperature 1 (``eval_samples``
-       samples per problem, fixed seed), the quantity RL optimises, and the mean response length of
-       those samples (all, and correct ones); greedy accuracy and length at the end. ``grpo``'s runs are
-       evaluated a second time with another sampling seed (``eval_replicate``): the evaluation noise.
+       samples per problem, seed ``EVAL_SEED`` + step: the same for every method, new at every step),
+       the quantity RL optimises, and the mean response length of those samples (all, and correct
+       ones); greedy accuracy and length at the end. ``grpo``'s and ``oracle``'s runs are evaluated a
+       second time with other sampling seeds (``eval_replicate``): the evaluation noise.
 Training prompts: a fresh stream (every prompt seen once, ``train_prompts=None``) or a fixed set
 of ``train_prompts`` problems visited in epochs, each epoch in a new seeded order (verl's
 shuffled dataloader), so that prompts recur and the length reward's first-seen anchors are reused.
@@ -54,8 +55,13 @@ from verl_credit.registry import get_estimator
 __all__ = ["LearnConfig", "train_stream", "train_one", "summarize"]
 
 
-EVAL_SEED = 12_345  # every method and seed: the same held-out samples' seed (paired evaluation)
-EVAL_SEED_REPLICATE = 54_321  # the base method's second evaluation (measured evaluation noise)
+# The held-out samples' seed at evaluated step s is EVAL_SEED + s: the same for every method and training
+# seed at a step (paired evaluation: common random numbers, so that the sampling noise largely cancels in a
+# difference between methods), a new one at every step (so that the errors of the evaluated points are
+# independent and average out in the AUC, instead of repeating along the curve).
+EVAL_SEED = 12_345
+EVAL_SEED_REPLICATE = 54_321  # the second evaluation of REPLICATED methods (measured evaluation noise)
+REPLICATED = (BASE, "oracle")  # evaluated twice with ``eval_replicate``: noise of a level and of a difference
 
 
 def train_stream(cfg: LearnConfig, per_step: int, seed: int, task_cfg: TaskConfig) -> list[Problem]:
@@ -90,7 +96,8 @@ def train_one(
     """One RL run from the warm start -> {"method", "seed", "curve": [(step, acc)], "final",
     "curve_length": [(step, mean length, mean length of correct)], "final_greedy",
     "final_greedy_length", "seconds", "metrics", "paired", "curve_replicate"}; ``curve_replicate``
-    (grpo only, with ``cfg.eval_replicate``; else None): the same evaluations with a second sampling seed.
+    (grpo and oracle only, with ``cfg.eval_replicate``; else None): the same evaluations with a second
+    sampling seed.
 
     Paired seeds: the training prompts, the sampling seeds, the mini-batch order and the evaluation
     seed depend on ``seed`` only, never on the method; ``paired`` holds SHA-1 digests of the run's
@@ -120,17 +127,17 @@ def train_one(
     length_reward = GymLengthReward(config, method.length_reward) if method.length_reward else None
     curve, curve_length = [], []
 
-    # the base method's runs are evaluated twice, with two sampling seeds: the spread of their AUCs is
-    # the evaluation noise, measured (``endpoints.eval_sd_auc``)
-    replicate = [] if cfg.eval_replicate and method.label == BASE else None
+    # grpo's and the oracle's runs are evaluated twice, with two sampling seeds: the spread of their AUCs
+    # (and of their difference) is the evaluation noise, measured (``endpoints.eval_noise``)
+    replicate = [] if cfg.eval_replicate and method.label in REPLICATED else None
 
     def held_out_stats(eval_seed):
         return evaluate_stats(model, tokenizer, held_out, cfg.eval_samples, cfg.max_new_tokens, seed=eval_seed)
 
     def evaluate_at(step):
         if replicate is not None:  # first, so that the global RNG state after evaluating is every method's
-            replicate.append((step, held_out_stats(EVAL_SEED_REPLICATE).accuracy))
-        stats = held_out_stats(EVAL_SEED)
+            replicate.append((step, held_out_stats(EVAL_SEED_REPLICATE + step).accuracy))
+        stats = held_out_stats(EVAL_SEED + step)
         curve.append((step, stats.accuracy))
         curve_length.append((step, stats.length, stats.length_correct))
 

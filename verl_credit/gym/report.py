@@ -95,23 +95,46 @@ def _endpoint_table(result: dict) -> list[str]:
         lines += ["", validity_line(validity)]
     noise = result.get("noise")
     if noise:
-        verdict = "below" if noise["ok"] else "NOT below"
-        if math.isnan(noise["seed_sd_auc"]):
-            verdict = "no seed spread with one seed: cannot compare with"
-        size = f"{noise['held_out']} problems x {noise['eval_samples']} samples"
-        if noise.get("eval_sd_auc") is not None:
-            what = (
-                f"SD of grpo's AUC over two evaluation seeds {_fmt(noise['eval_sd_auc'], 4)} (measured,"
-                f" {noise['replicates']} runs; {size}; binomial SE of one point {_fmt(noise['eval_se'], 4)})"
-            )
-        else:
-            what = f"binomial SE of one evaluation point {_fmt(noise['eval_se'], 4)} ({size}; no replicates)"
-        lines += [
-            "",
-            f"Evaluation noise: {what} vs SD over seeds of grpo's AUC {_fmt(noise['seed_sd_auc'], 4)}:"
-            f" {verdict} a quarter of the seed spread.",
-        ]
+        lines += ["", *noise_lines(noise)]
     return lines
+
+
+def _verdict(ok: bool, seed_sd: float) -> str:
+    if math.isnan(seed_sd):
+        return "no seed spread with one seed: cannot compare with"
+    return "below" if ok else "NOT below"
+
+
+def _factor(f) -> str:
+    if f is None or math.isnan(f):
+        return ""
+    return f"; the bar needs about {f:.1f}x the evaluation samples" if f > 1 else ""
+
+
+def noise_lines(noise: dict) -> list[str]:
+    """The evaluation-noise verdicts: grpo's AUC, and the oracle - grpo difference when measured."""
+    size = f"{noise['held_out']} problems x {noise['eval_samples']} samples"
+    if noise.get("eval_sd_auc") is not None:
+        what = (
+            f"SD of grpo's AUC over two evaluation seeds {_fmt(noise['eval_sd_auc'], 4)} (measured,"
+            f" {noise['replicates']} runs; {size}; binomial SE of one point {_fmt(noise['eval_se'], 4)})"
+        )
+    else:
+        what = f"binomial SE of one evaluation point {_fmt(noise['eval_se'], 4)} ({size}; no replicates)"
+    level_ok = noise.get("level_ok", noise["ok"])
+    out = [
+        f"Evaluation noise: {what} vs SD over seeds of grpo's AUC {_fmt(noise['seed_sd_auc'], 4)}:"
+        f" {_verdict(level_ok, noise['seed_sd_auc'])} a quarter of the seed spread"
+        f"{_factor(noise.get('samples_factor'))}."
+    ]
+    pair = noise.get("paired")
+    if pair:
+        out.append(
+            f"Evaluation noise of the paired difference oracle - grpo: {_fmt(pair['eval_sd'], 4)} (measured,"
+            f" {pair['replicates']} seeds) vs its SD over seeds {_fmt(pair['seed_sd'], 4)}:"
+            f" {_verdict(pair['ok'], pair['seed_sd'])} a quarter of the seed spread{_factor(pair['samples_factor'])}."
+        )
+    return out
 
 
 def markdown(result: dict) -> str:
