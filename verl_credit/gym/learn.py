@@ -99,10 +99,10 @@ def train_one(
     (grpo and oracle only, with ``cfg.eval_replicate``; else None): the same evaluations with a second
     sampling seed.
 
-    Paired seeds: the training prompts, the sampling seeds, the mini-batch order and the evaluation
-    seed depend on ``seed`` only, never on the method; ``paired`` holds SHA-1 digests of the run's
-    training prompts and of its first step's sampled responses (equal for every method at a seed,
-    ``+rb`` aside: it draws twice the prompts)."""
+    Paired seeds: the training prompts, the sampling seeds and the mini-batch order depend on ``seed``
+    only, the evaluation seeds on the evaluated step only, never on the method; ``paired`` holds SHA-1
+    digests of the run's training prompts and of its first step's sampled responses (equal for every
+    method at a seed, ``+rb`` aside: it draws twice the prompts)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     model, tokenizer = load_policy(path)
