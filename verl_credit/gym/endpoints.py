@@ -59,6 +59,7 @@ __all__ = [
 
 MIN_HEADROOM = 0.03
 BASE = "grpo"
+ORACLE = "oracle"
 
 
 def run_auc(curve) -> float:
@@ -106,7 +107,7 @@ def paired(runs: list[dict], method: str, base: str = BASE, key: str = "auc") ->
 def efficiency(runs: list[dict], method: str, n_boot: int = 2000, seed: int = 0) -> dict | None:
     """{"value", "ci": [low, high], "boot_used"}: (method - grpo) / (oracle - grpo) on AUC with a paired
     bootstrap over seeds; None without grpo and oracle."""
-    m, g, o = (_per_seed(runs, name, "auc") for name in (method, BASE, "oracle"))
+    m, g, o = (_per_seed(runs, name, "auc") for name in (method, BASE, ORACLE))
     seeds = sorted(set(m) & set(g) & set(o))
     if not seeds:
         return None
@@ -144,7 +145,7 @@ def eval_sd_auc(runs: list[dict], method: str = BASE) -> float | None:
     return float(math.sqrt(np.mean([(a - b) ** 2 for a, b in pairs.values()]) / 2))
 
 
-def eval_sd_paired(runs: list[dict], method: str = "oracle", base: str = BASE) -> float | None:
+def eval_sd_paired(runs: list[dict], method: str = ORACLE, base: str = BASE) -> float | None:
     """sqrt(mean_s ((A_s - B_s) - (A'_s - B'_s))^2 / 2) over the seeds where both ``method`` (A) and
     ``base`` (B) were evaluated twice: the measured SD over evaluation seeds of a paired AUC difference
     (both methods evaluated with the same sampling seed, so that common noise cancels); None without."""
@@ -191,9 +192,9 @@ def endpoints(runs: list[dict], held_out: int, eval_samples: int) -> dict:
             mean, low, high = t_interval(list(values.values()))
             row[key] = {"mean": mean, "ci": [low, high], "per_seed": {str(s): v for s, v in values.items()}}
         row["vs_grpo"] = {key: paired(runs, name, BASE, key) for key in ("final", "auc")} if BASE in names else None
-        row["credit_efficiency"] = efficiency(runs, name) if {BASE, "oracle"} <= set(names) else None
+        row["credit_efficiency"] = efficiency(runs, name) if {BASE, ORACLE} <= set(names) else None
         methods[name] = row
-    oracle = _check(paired(runs, "oracle", BASE, "auc"), MIN_HEADROOM) if {"oracle", BASE} <= set(names) else None
+    oracle = _check(paired(runs, ORACLE, BASE, "auc"), MIN_HEADROOM) if {ORACLE, BASE} <= set(names) else None
     anti = None
     if {"anti_oracle", BASE} <= set(names):
         d = paired(runs, BASE, "anti_oracle", "auc")
@@ -210,13 +211,13 @@ def endpoints(runs: list[dict], held_out: int, eval_samples: int) -> dict:
         eval_se = math.sqrt(max(p * (1 - p), 0.0) / max(held_out * eval_samples, 1))
         eval_sd = eval_sd_auc(runs)
         level = _noise_check(eval_se if eval_sd is None else eval_sd, list(_per_seed(runs, BASE, "auc").values()))
-        d = paired(runs, "oracle", BASE, "auc") if "oracle" in names else None
+        d = paired(runs, ORACLE, BASE, "auc") if ORACLE in names else None
         eval_sd_d = eval_sd_paired(runs)
         pair = None
         if d is not None and eval_sd_d is not None:
-            pair = {"method": "oracle", "eval_sd": eval_sd_d}
+            pair = {"method": ORACLE, "eval_sd": eval_sd_d}
             pair.update(_noise_check(eval_sd_d, list(d["per_seed"].values())))
-            pair["replicates"] = len(set(_replicated_aucs(runs, "oracle")) & set(_replicated_aucs(runs, BASE)))
+            pair["replicates"] = len(set(_replicated_aucs(runs, ORACLE)) & set(_replicated_aucs(runs, BASE)))
         noise = {
             "eval_se": eval_se,
             "eval_sd_auc": eval_sd,

@@ -44,7 +44,7 @@ from verl_credit.config import CreditConfig
 from verl_credit.core.reward_buffer import select_balanced_groups
 from verl_credit.gym.compose import policy_loss
 from verl_credit.gym.defaults import LearnConfig
-from verl_credit.gym.endpoints import BASE
+from verl_credit.gym.endpoints import BASE, ORACLE
 from verl_credit.gym.length_reward import GymLengthReward
 from verl_credit.gym.methods import PEERS
 from verl_credit.gym.model import load_policy, response_logprobs, response_stats
@@ -56,12 +56,13 @@ __all__ = ["LearnConfig", "train_stream", "train_one", "summarize"]
 
 
 # The held-out samples' seed at evaluated step s is EVAL_SEED + s: the same for every method and training
-# seed at a step (paired evaluation: common random numbers, so that the sampling noise largely cancels in a
-# difference between methods), a new one at every step (so that the errors of the evaluated points are
-# independent and average out in the AUC, instead of repeating along the curve).
+# seed at a step (paired evaluation: every method is scored on the same random draws; measured, this does
+# not make the noise cancel in a difference, the policies' samples diverge: docs/gym.md), and a new one at
+# every step (so that the errors of the evaluated points are independent and average out in the AUC,
+# instead of repeating along the curve).
 EVAL_SEED = 12_345
 EVAL_SEED_REPLICATE = 54_321  # the second evaluation of REPLICATED methods (measured evaluation noise)
-REPLICATED = (BASE, "oracle")  # evaluated twice with ``eval_replicate``: noise of a level and of a difference
+REPLICATED = (BASE, ORACLE)  # evaluated twice with ``eval_replicate``: noise of a level and of a difference
 
 
 def train_stream(cfg: LearnConfig, per_step: int, seed: int, task_cfg: TaskConfig) -> list[Problem]:
@@ -128,7 +129,8 @@ def train_one(
     curve, curve_length = [], []
 
     # grpo's and the oracle's runs are evaluated twice, with two sampling seeds: the spread of their AUCs
-    # (and of their difference) is the evaluation noise, measured (``endpoints.eval_noise``)
+    # (and of their difference) is the evaluation noise, measured (``endpoints.eval_sd_auc``,
+    # ``endpoints.eval_sd_paired``)
     replicate = [] if cfg.eval_replicate and method.label in REPLICATED else None
 
     def held_out_stats(eval_seed):
