@@ -40,6 +40,7 @@ from verl_credit.gym.compose import apply_entropy_filter, apply_mean1, trainer_f
 from verl_credit.gym.methods import VERL_ESTIMATORS, Method, parse_method
 from verl_credit.gym.model import OldStats, response_stats
 from verl_credit.gym.oracle import oracle_advantages
+from verl_credit.gym.sampler import generate
 from verl_credit.gym.task import Problem, grade, token_labels
 from verl_credit.registry import compute_advantages, get_estimator
 from verl_credit.scoring import hf_scorer, reference_answer, score_reference, score_spans
@@ -97,24 +98,17 @@ class Rollouts:
 
 
 def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: bool):
+    """Left-padded prompt ids and mask [B, P], responses and response mask [B, T] (``gym.sampler``)."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model.generate(
-        **enc,
-        do_sample=not greedy,
-        temperature=1.0 if not greedy else None,
-        top_k=0 if not greedy else None,
-        top_p=1.0 if not greedy else None,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    responses, mask = generate(
+        model,
+        enc["input_ids"],
+        enc["attention_mask"],
+        max_new_tokens,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        greedy,
     )
-    P = enc["input_ids"].shape[1]
-    responses = out[:, P:]
-    is_eos = responses == tokenizer.eos_token_id
-    # valid through the first eos (inclusive); everything after it is padding
-    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    mask = (~after).long()
-    responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
     return enc["input_ids"], enc["attention_mask"], responses, mask
 
 
