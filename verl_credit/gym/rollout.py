@@ -11,6 +11,9 @@ Public API:
     estimate(method, rollouts, model, tokenizer, config, step, old_log_probs, stats, ref_log_probs) -> CreditOutput
     credit_batch(r, fields, old_log_probs) -> CreditBatch
 
+Decoding (training samples and held-out evaluation) is ``gym.sampler.generate``: transformers' forward
+and KV cache, finished rows dropped, the same tokens as ``model.generate`` when greedy.
+
 ``estimate`` follows ``integration/tq_batch.compute_plugin_advantage`` and
 ``integration/scoring_stage.run_scoring_stage`` without TransferQueue or Ray: the same
 ``CreditBatch`` (outcome reward on the last valid token, one uid per prompt), the same
