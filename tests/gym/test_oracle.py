@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
 from verl_credit.gym.oracle import (
     DEFAULT_VARIANT,
@@ -16,6 +17,7 @@ from verl_credit.gym.oracle import (
     oracle_weights,
     oracle_weights_reference,
     parse_variant,
+    shuffle_weights,
 )
 from verl_credit.gym.rollout import parse_method
 from verl_credit.gym.task import ANSWER, CAUSAL, FORMAT, Problem, demonstration, make_problems, token_labels
@@ -206,6 +208,9 @@ def test_variant_grammar_and_errors():
     assert parse_variant("mask") == OracleSpec(scale="mask")
     assert parse_variant("floor0.2:clip3:persign") == OracleSpec(floor=0.2, clip=3.0, norm="persign")
     assert parse_method("oracle").oracle == parse_variant(DEFAULT_VARIANT)
+    control = parse_method(f"oracle:{DEFAULT_VARIANT}:shuffle").oracle
+    assert control == OracleSpec(scale="mask", fmt=0.0, target="lines", shuffle=True)
+    assert control.describe().endswith(":lines:shuffle") and not parse_variant(None).shuffle
     m = parse_method("anti_oracle:mask:fmt0+qp")
     assert (m.estimator, m.oracle, m.query_preserved) == ("anti_oracle", OracleSpec(scale="mask", fmt=0.0), True)
     for bad, message in [
@@ -215,6 +220,8 @@ def test_variant_grammar_and_errors():
         ("oracle:clipx", "expected a number after 'clip'"),
         ("oracle:mask:mean1", "scale given twice"),
         ("oracle:mask:clip3", "clipC needs mean1 weights"),
+        ("oracle:shuffle2", "shuffle takes no number"),
+        ("oracle:shuffle:shuffle", "shuffle given twice"),
     ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_method(bad)
@@ -241,3 +248,60 @@ def test_lines_targets_whole_causal_lines_and_eos(tokenizer):
     wrong_lines, _ = oracle_targets(tokenizer, ids, Problem(start=7, ops=("+", "*"), operands=(3, 3)), False, "lines")
     assert torch.equal(wrong_tokens, wrong_lines)  # wrong rollouts: unchanged
     assert parse_variant("lines:floor0.1") == OracleSpec(floor=0.1, target="lines")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_shuffle_keeps_each_rollouts_weights_and_moves_them(seed):
+    """The shuffle control permutes a row's valid weights: same multiset per row (sorted equal), zeros
+    on padding, valid positions anywhere (not only a prefix); the same generator seed, the same draw;
+    over many draws every valid position of a row is hit by its one target about equally often."""
+    target, fmt, mask, z = _random_inputs(seed, B=6, T=12)
+    mask = mask.clone()
+    mask[0, 1] = False  # a hole: valid positions need not be a prefix
+    w = oracle_weights(target & mask, fmt & mask, mask, z, parse_variant("mask:floor0.1"))
+    out = shuffle_weights(w, mask, torch.Generator().manual_seed(seed))
+    assert bool((out[~mask] == 0).all())
+    for i in range(6):
+        torch.testing.assert_close(out[i][mask[i]].sort().values, w[i][mask[i]].sort().values)
+    again = shuffle_weights(w, mask, torch.Generator().manual_seed(seed))
+    assert torch.equal(out, again)
+    # one target token in a row of 8 valid tokens: where it lands is uniform over the 8 (chi-square)
+    one = torch.zeros(2000, 10, dtype=torch.float64)
+    one[:, 3] = 1.0
+    valid = torch.zeros(2000, 10, dtype=torch.bool)
+    valid[:, :8] = True
+    landed = shuffle_weights(one, valid, torch.Generator().manual_seed(seed)).argmax(1)
+    counts = torch.bincount(landed, minlength=10)
+    assert int(counts[8:].sum()) == 0
+    assert chisquare(counts[:8].numpy()).pvalue > 1e-3
+
+
+def test_shuffle_control_moves_the_oracles_weights_off_its_targets(tokenizer):
+    """On real rollouts the shuffled default oracle keeps each rollout's kept-token count but no longer
+    puts all its weight on the targets of the unshuffled one."""
+    from verl_credit.gym.oracle import oracle_advantages
+    from verl_credit.gym.rollout import Rollouts
+
+    texts = [RIGHT, "7+3=10\n11*2=22\n22-4=18\n#### 18", "let me think about it\n7+3=10\n10*2=20\n20-4=16\n#### 15"]
+    rows = [_ids(tokenizer, t) for t in texts]
+    T = max(len(r) for r in rows)
+    responses = torch.full((3, T), tokenizer.pad_token_id)
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        responses[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    r = Rollouts(
+        torch.zeros(3, 1, dtype=torch.long),
+        torch.ones(3, 1, dtype=torch.long),
+        responses,
+        mask,
+        torch.tensor([1.0, 0.0, 0.0]),
+        torch.zeros(3, T, dtype=torch.long),
+        ["p0"] * 3,
+        [P] * 3,
+    )
+    z = torch.tensor([1.1547, -0.5774, -0.5774])[:, None] * mask
+    _, w = oracle_advantages(parse_variant(None), False, r, tokenizer, z)
+    a, w_shuffled = oracle_advantages(parse_variant(f"{DEFAULT_VARIANT}:shuffle"), False, r, tokenizer, z)
+    torch.testing.assert_close(w_shuffled.sum(1), w.sum(1))
+    assert not torch.equal(w_shuffled, w)
+    torch.testing.assert_close(a, (z * w_shuffled).float(), atol=1e-6, rtol=0)

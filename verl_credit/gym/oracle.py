@@ -9,6 +9,7 @@ Public API:
     oracle_targets(tokenizer, ids, problem, correct) -> (target, fmt)   -- BoolTensor[T] each.
     oracle_weights(target, fmt, mask, z, spec) -> FloatTensor[B, T]     -- vectorised.
     oracle_weights_reference(...)                                       -- the same with Python loops.
+    shuffle_weights(w, mask, generator) -> FloatTensor[B, T]            -- the ``shuffle`` control.
     oracle_advantages(spec, anti, rollouts, tokenizer, z_adv, threshold) -> FloatTensor[B, T]
 
 Definition. A = z_i * w_it with z_i GRPO's group-normalised outcome advantage (verl's numbers).
@@ -41,9 +42,16 @@ tokens) or ``persign`` (all valid tokens of the batch's rollouts with z > 0, and
 each a unit). A unit whose raw weights are all 0 gets weight 0 (e.g. anti_oracle on a wrong rollout
 that is wrong from its first step line). Rows with z = 0 (uniform groups) get no gradient anyway.
 
+``shuffle`` (a control, not a bound): each rollout's final weights are permuted at random over its valid
+tokens. Every rollout keeps its multiset of weights (so its share of kept tokens, its mean weight and the
+size of its update), but the weights no longer sit on the tokens the labels point at. An oracle gain that
+survives the shuffle comes from the step size (e.g. a 0/1 mask shrinking the update), not from credit.
+The permutation is drawn from a generator seeded by the batch's token ids (the same batch, the same draw).
+
 Variant grammar (items after the method name, ``:``-separated, each at most once, applied to the
 base mean1, floor 0, fmt 0.2, no clip, per rollout, token targets): ``mean1`` | ``mask`` | ``lines`` |
-``floorF`` | ``fmtF`` | ``clipC`` | ``persign``; F in [0, 1], C > 1. Plain ``oracle`` = base + ``DEFAULT_VARIANT``.
+``floorF`` | ``fmtF`` | ``clipC`` | ``persign`` | ``shuffle``; F in [0, 1], C > 1. Plain ``oracle`` = base +
+``DEFAULT_VARIANT``; items given replace it (``oracle:lines:mask:fmt0:shuffle`` is the default's control).
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ __all__ = [
     "oracle_targets",
     "oracle_weights",
     "oracle_weights_reference",
+    "shuffle_weights",
     "oracle_advantages",
 ]
 
@@ -76,7 +85,8 @@ ORACLES = ("oracle", "anti_oracle")
 @dataclass(frozen=True)
 class OracleSpec:
     """scale: "mean1" | "mask"; floor: weight of non-target content tokens; fmt: floor of non-target
-    FORMAT tokens (eos included); clip: None or C > 1 (mean1 only); norm: "rollout" | "persign"."""
+    FORMAT tokens (eos included); clip: None or C > 1 (mean1 only); norm: "rollout" | "persign";
+    target: "tokens" | "lines"; shuffle: permute each rollout's weights over its valid tokens (control)."""
 
     scale: str = "mean1"
     floor: float = 0.0
@@ -84,16 +94,20 @@ class OracleSpec:
     clip: float | None = None
     norm: str = "rollout"
     target: str = "tokens"
+    shuffle: bool = False
 
     def describe(self) -> str:
         parts = [self.scale, f"floor{self.floor:g}", f"fmt{self.fmt:g}"]
         parts += ["lines"] if self.target == "lines" else []
         parts += [f"clip{self.clip:g}"] if self.clip is not None else []
         parts += ["persign"] if self.norm == "persign" else []
+        parts += ["shuffle"] if self.shuffle else []
         return ":".join(parts)
 
 
-_ITEM = re.compile(r"^(mean1|mask|persign|lines|floor|fmt|clip)(.*)$")
+_ITEM = re.compile(r"^(mean1|mask|persign|lines|shuffle|floor|fmt|clip)(.*)$")
+_FLAGS = {"mean1": ("scale", "mean1"), "mask": ("scale", "mask"), "persign": ("norm", "persign")}
+_FLAGS |= {"lines": ("target", "lines"), "shuffle": ("shuffle", True)}
 
 
 def parse_variant(text: str | None) -> OracleSpec:
@@ -106,16 +120,17 @@ def parse_variant(text: str | None) -> OracleSpec:
         m = _ITEM.match(item)
         if m is None:
             raise ValueError(
-                f"unknown oracle variant item {item!r}; known: mean1, mask, lines, floorF, fmtF, clipC, persign"
+                f"unknown oracle variant item {item!r}; known: mean1, mask, lines, floorF, fmtF, clipC, persign, "
+                "shuffle"
             )
         key, arg = m.groups()
-        field = {"mean1": "scale", "mask": "scale", "persign": "norm", "lines": "target"}.get(key, key)
+        field = _FLAGS[key][0] if key in _FLAGS else key
         if field in values:
             raise ValueError(f"oracle variant item {item!r}: {field} given twice")
-        if key in ("mean1", "mask", "persign", "lines"):
+        if key in _FLAGS:
             if arg:
                 raise ValueError(f"oracle variant item {item!r}: {key} takes no number")
-            values[field] = key
+            values[field] = _FLAGS[key][1]
             continue
         try:
             number = float(arg)
@@ -303,6 +318,23 @@ def oracle_weights_reference(target, fmt, mask, z, spec: OracleSpec) -> torch.Te
     return w
 
 
+def shuffle_weights(w: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The ``shuffle`` control: each row's weights on its valid tokens, permuted uniformly at random.
+
+    w: FloatTensor[B, T]; mask: [B, T] 0/1 (any valid positions, not only a prefix). Returns [B, T]:
+    out[b, dst_k] = w[b, src_k], dst = the row's valid positions in order, src = the same positions in
+    a random order; 0 at padding. Each row keeps its multiset of valid weights.
+    """
+    valid = mask.bool()
+    B, T = valid.shape
+    position = torch.arange(T).expand(B, T)
+    dst = torch.where(valid, position, position + T).argsort(1)  # valid positions first, in order
+    keys = torch.rand(B, T, generator=generator, dtype=torch.float64)
+    src = torch.where(valid, keys, keys + 2.0).argsort(1)  # valid positions first, shuffled
+    # beyond a row's valid count both index padding, where w * mask is 0
+    return torch.zeros_like(w).scatter_(1, dst, (w * valid).gather(1, src))
+
+
 def oracle_advantages(
     spec: OracleSpec, anti: bool, r, tokenizer, z_adv: torch.Tensor, correct_threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,4 +356,7 @@ def oracle_advantages(
     m = mask.double()
     z = (z_adv.double() * m).sum(1) / m.sum(1).clamp_min(1)
     w = oracle_weights(target, fmt, mask, z, spec)
+    if spec.shuffle:
+        generator = torch.Generator().manual_seed(int(r.responses.sum()) % (2**63 - 1))
+        w = shuffle_weights(w, mask, generator)
     return (z.unsqueeze(1) * w).to(z_adv.dtype), w.float()
