@@ -164,11 +164,10 @@ def test_mask_is_zero_one_with_the_format_floor():
     torch.testing.assert_close(w, expected)
 
 
-def test_anti_oracle_is_the_complement(tokenizer):
-    from verl_credit.gym.oracle import oracle_advantages
+def _one_right_two_wrong(tokenizer, texts):
+    """Rollouts of P for three texts (rewards 1, 0, 0), their response mask and GRPO's z on valid tokens."""
     from verl_credit.gym.rollout import Rollouts
 
-    texts = [RIGHT, "7+3=10\n11*2=22\n22-4=18\n#### 18", "7+3=10\n10*2=20\n20-4=16\n#### 15"]
     rows = [_ids(tokenizer, t) for t in texts]
     T = max(len(r) for r in rows)
     responses = torch.full((3, T), tokenizer.pad_token_id)
@@ -186,6 +185,14 @@ def test_anti_oracle_is_the_complement(tokenizer):
         [P] * 3,
     )
     z = torch.tensor([1.1547, -0.5774, -0.5774])[:, None] * mask
+    return r, mask, z
+
+
+def test_anti_oracle_is_the_complement(tokenizer):
+    from verl_credit.gym.oracle import oracle_advantages
+
+    texts = [RIGHT, "7+3=10\n11*2=22\n22-4=18\n#### 18", "7+3=10\n10*2=20\n20-4=16\n#### 15"]
+    r, mask, z = _one_right_two_wrong(tokenizer, texts)
     spec = parse_variant("mask:fmt0")
     a_or, w_or = oracle_advantages(spec, False, r, tokenizer, z)
     a_anti, w_anti = oracle_advantages(spec, True, r, tokenizer, z)
@@ -280,26 +287,9 @@ def test_shuffle_control_moves_the_oracles_weights_off_its_targets(tokenizer):
     """On real rollouts the shuffled default oracle keeps each rollout's kept-token count but no longer
     puts all its weight on the targets of the unshuffled one."""
     from verl_credit.gym.oracle import oracle_advantages
-    from verl_credit.gym.rollout import Rollouts
 
     texts = [RIGHT, "7+3=10\n11*2=22\n22-4=18\n#### 18", "let me think about it\n7+3=10\n10*2=20\n20-4=16\n#### 15"]
-    rows = [_ids(tokenizer, t) for t in texts]
-    T = max(len(r) for r in rows)
-    responses = torch.full((3, T), tokenizer.pad_token_id)
-    mask = torch.zeros(3, T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        responses[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    r = Rollouts(
-        torch.zeros(3, 1, dtype=torch.long),
-        torch.ones(3, 1, dtype=torch.long),
-        responses,
-        mask,
-        torch.tensor([1.0, 0.0, 0.0]),
-        torch.zeros(3, T, dtype=torch.long),
-        ["p0"] * 3,
-        [P] * 3,
-    )
-    z = torch.tensor([1.1547, -0.5774, -0.5774])[:, None] * mask
+    r, mask, z = _one_right_two_wrong(tokenizer, texts)
     _, w = oracle_advantages(parse_variant(None), False, r, tokenizer, z)
     a, w_shuffled = oracle_advantages(parse_variant(f"{DEFAULT_VARIANT}:shuffle"), False, r, tokenizer, z)
     torch.testing.assert_close(w_shuffled.sum(1), w.sum(1))
