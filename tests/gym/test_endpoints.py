@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from verl_credit.gym.endpoints import endpoints, paired, run_auc, t_interval, validity_line
+from verl_credit.gym.endpoints import SHUFFLE_CONTROL, endpoints, paired, run_auc, t_interval, validity_line
 
 
 def _run(method, seed, accs, steps=(0, 10, 20)):
@@ -71,6 +71,29 @@ def test_validity_passes_with_headroom_and_fails_without():
     assert not small["passed"] and "FAILED" in validity_line(small)
     one = endpoints(_bounds_runs(0.05, 0.2, seeds=1), held_out=128, eval_samples=4)["validity"]
     assert not one["passed"] and "no CI (one seed)" in validity_line(one)
+    assert v["oracle_vs_shuffle"] is None and "shuffle" not in validity_line(v)
+
+
+def test_the_shuffle_control_says_whether_the_headroom_is_credit():
+    """With runs labelled SHUFFLE_CONTROL the validity reports oracle - control (CI > 0: credit) without
+    changing ``passed``; a control as good as the oracle fails it."""
+    assert SHUFFLE_CONTROL == "oracle:lines:mask:fmt0:shuffle"
+    rng = np.random.default_rng(2)
+    for control_gap, credit in ((0.0, True), (0.05, False)):
+        runs = []
+        for r in _bounds_runs(0.05, 0.2):
+            runs.append(r)
+            if r["method"] == "grpo":
+                accs = [a for _, a in r["curve"]]
+                runs.append(_run(SHUFFLE_CONTROL, r["seed"], np.array(accs) + control_gap + rng.normal(0, 0.005, 3)))
+        v = endpoints(runs, held_out=128, eval_samples=4)["validity"]
+        assert v["passed"]  # the issue's check is unchanged
+        assert v["oracle_vs_shuffle"]["passed"] is credit
+        expected = 0.05 - control_gap
+        assert v["oracle_vs_shuffle"]["mean"] == pytest.approx(expected, abs=0.01)
+        line = validity_line(v)
+        assert f"oracle - shuffle control AUC {v['oracle_vs_shuffle']['mean']:+.3f} [" in line
+        assert line.endswith(f"(credit: CI > 0: {'ok' if credit else 'no'})")
 
 
 def test_credit_efficiency_and_vs_grpo_rows():

@@ -10,6 +10,7 @@ Public API:
     eval_sd_auc(runs, method) -> float | None     -- the measured evaluation noise of an AUC (replicates).
     eval_sd_paired(runs, method, base) -> float | None  -- the same for a paired AUC difference.
     validity_line(validity) -> str                -- "validity check: PASSED/FAILED ...".
+    SHUFFLE_CONTROL                               -- the label of the oracle's step-size control run.
 
 Definitions (S seeds; methods are paired by seed: same training prompts, warm start, sampling seeds):
     AUC_run = sum_k (s_{k+1} - s_k) (a_k + a_{k+1}) / 2 / (s_last - s_first)   (trapezoid over the
@@ -21,6 +22,10 @@ Definitions (S seeds; methods are paired by seed: same training prompts, warm st
     validity: oracle_vs_grpo = AUC(oracle) - AUC(grpo), passed when the 95% CI excludes 0 (low > 0)
         and the mean >= ``MIN_HEADROOM`` (0.03); grpo_vs_anti_oracle = AUC(grpo) - AUC(anti_oracle),
         passed when low > 0. ``passed`` overall = both. Missing methods: None entries, passed False.
+        oracle_vs_shuffle (reported, not part of ``passed``): AUC(oracle) - AUC(SHUFFLE_CONTROL), the
+        default oracle over its own weights permuted within each rollout (same update size, no labels),
+        "passed" when low > 0: the oracle's headroom is credit, not step size. None unless a run is
+        labelled exactly ``SHUFFLE_CONTROL`` (``oracle:<DEFAULT_VARIANT>:shuffle``).
     noise: the evaluation noise of a run's AUC against the seed spread. Measured: every grpo and oracle
         run is evaluated twice at every evaluated step, with two sampling seeds (``curve`` and
         ``curve_replicate``, same policy), so e_s = AUC_s - AUC'_s has variance 2 sigma_eval^2 and
@@ -45,8 +50,11 @@ import math
 
 import numpy as np
 
+from verl_credit.gym.defaults import DEFAULT_VARIANT
+
 __all__ = [
     "MIN_HEADROOM",
+    "SHUFFLE_CONTROL",
     "run_auc",
     "t_interval",
     "paired",
@@ -60,6 +68,7 @@ __all__ = [
 MIN_HEADROOM = 0.03
 BASE = "grpo"
 ORACLE = "oracle"
+SHUFFLE_CONTROL = f"{ORACLE}:{DEFAULT_VARIANT}:shuffle"  # the oracle's step-size control (gym.oracle)
 
 
 def run_auc(curve) -> float:
@@ -199,9 +208,13 @@ def endpoints(runs: list[dict], held_out: int, eval_samples: int) -> dict:
     if {"anti_oracle", BASE} <= set(names):
         d = paired(runs, BASE, "anti_oracle", "auc")
         anti = _check(d, -math.inf)
+    shuffle = None
+    if {ORACLE, SHUFFLE_CONTROL} <= set(names):
+        shuffle = _check(paired(runs, ORACLE, SHUFFLE_CONTROL, "auc"), -math.inf)
     validity = {
         "oracle_vs_grpo": oracle,
         "grpo_vs_anti_oracle": anti,
+        "oracle_vs_shuffle": shuffle,
         "min_headroom": MIN_HEADROOM,
         "passed": bool(oracle and oracle["passed"] and anti and anti["passed"]),
     }
@@ -251,4 +264,7 @@ def validity_line(validity: dict) -> str:
         "oracle - grpo", validity["oracle_vs_grpo"], f"needs CI > 0 and mean >= +{validity['min_headroom']:.2f}"
     )
     anti = _fmt_check("grpo - anti_oracle", validity["grpo_vs_anti_oracle"], "needs CI > 0")
-    return f"validity check: {word}; {oracle}; {anti}"
+    line = f"validity check: {word}; {oracle}; {anti}"
+    if validity.get("oracle_vs_shuffle") is not None:  # older results.json files have no such key
+        line += "; " + _fmt_check("oracle - shuffle control", validity["oracle_vs_shuffle"], "credit: CI > 0")
+    return line
