@@ -20,7 +20,7 @@ import time
 import torch
 
 from verl_credit.gym.model import load_policy
-from verl_credit.gym.sampler import generate
+from verl_credit.gym.sampler import generate, through_first_eos
 from verl_credit.gym.task import TaskConfig, demonstration, grade, make_problems
 from verl_credit.testing import build_tiny_qwen2
 
@@ -36,10 +36,7 @@ def _hf(model, tokenizer, enc, greedy):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    responses = out[:, enc["input_ids"].shape[1] :]
-    is_eos = responses == tokenizer.eos_token_id
-    mask = ((is_eos.long().cumsum(1) - is_eos.long()) == 0).long()
-    return torch.where(mask.bool(), responses, tokenizer.pad_token_id), mask
+    return through_first_eos(out[:, enc["input_ids"].shape[1] :], tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
 def _ours(model, tokenizer, enc, greedy):

@@ -3,6 +3,7 @@
 Public API:
     generate(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, greedy)
         -> (responses: LongTensor[B, T], response_mask: LongTensor[B, T])
+    through_first_eos(tokens, eos_token_id, pad_token_id) -> (responses, response_mask), both [B, T]
 
 Why not ``model.generate``: on the gym's tiny model the decoding loop, not the matmuls, is the cost.
 transformers' sampler draws with ``torch.multinomial`` (a quarter of the time on CPU) and keeps every
@@ -23,11 +24,19 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-__all__ = ["generate"]
+__all__ = ["generate", "through_first_eos"]
 
 # Rebuild the cache without the finished rows once at most this share of the current rows is live
 # (dropping rows costs a copy of the cache; doing it every step cost more than it saved).
 COMPACT_AT = 0.75
+
+
+def through_first_eos(tokens: torch.Tensor, eos_token_id: int, pad_token_id: int):
+    """tokens: LongTensor[B, T] as decoded -> (responses, response_mask), both [B, T]: a row is valid
+    through its first eos inclusive (all of it without one), ``pad_token_id`` after it."""
+    is_eos = (tokens == eos_token_id).long()
+    response_mask = ((is_eos.cumsum(1) - is_eos) == 0).long()
+    return torch.where(response_mask.bool(), tokens, torch.full_like(tokens, pad_token_id)), response_mask
 
 
 def _draw(logits: torch.Tensor, greedy: bool) -> torch.Tensor:
@@ -91,8 +100,6 @@ def generate(
         logits = model(
             input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True
         ).logits[:, -1]
-    is_eos = responses == eos_token_id
-    response_mask = ((is_eos.long().cumsum(1) - is_eos.long()) == 0).long()  # through the first eos
-    responses = torch.where(response_mask.bool(), responses, torch.full_like(responses, pad_token_id))
+    responses, response_mask = through_first_eos(responses, eos_token_id, pad_token_id)
     width = max(int(response_mask.sum(1).max()), 1)
     return responses[:, :width], response_mask[:, :width]
